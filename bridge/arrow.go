@@ -1,0 +1,84 @@
+package bridge
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+// ErrInvalidArrow reports a BATCH body that is not a valid Arrow IPC stream.
+var ErrInvalidArrow = errors.New("invalid Arrow IPC stream")
+
+// validator is implemented by arrow-go arrays that can check their buffers.
+type validator interface{ ValidateFull() error }
+
+// ReadIPC decodes one Arrow IPC stream from body and calls fn for each record
+// batch, in order. The record is released after fn returns (fn retains it to
+// keep it). The stream is untrusted: sizes are capped by limit (the frame
+// length), every array is validated, and a panic inside the Arrow reader is
+// turned into ErrInvalidArrow. The body is read to its end.
+func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.RecordBatch) error) (n int, err error) {
+	if mem == nil {
+		mem = memory.DefaultAllocator
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: decoder panic: %v", ErrInvalidArrow, p)
+		}
+	}()
+	rdr, err := ipc.NewReader(body, ipc.WithAllocator(mem),
+		ipc.WithMetadataSizeLimit(limit), ipc.WithBodySizeLimit(limit))
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrInvalidArrow, err)
+	}
+	defer rdr.Release()
+	for rdr.Next() {
+		rec := rdr.RecordBatch()
+		if err := ValidateRecord(rec); err != nil {
+			return n, err
+		}
+		n++
+		if err := fn(rec); err != nil {
+			return n, err
+		}
+	}
+	if err := rdr.Err(); err != nil && err != io.EOF {
+		return n, fmt.Errorf("%w: %v", ErrInvalidArrow, err)
+	}
+	return n, nil
+}
+
+// ValidateRecord checks every column of an untrusted record (offsets, lengths).
+func ValidateRecord(rec arrow.RecordBatch) error {
+	for i, col := range rec.Columns() {
+		if col.Len() != int(rec.NumRows()) {
+			return fmt.Errorf("%w: column %q has %d rows, batch has %d", ErrInvalidArrow, rec.ColumnName(i), col.Len(), rec.NumRows())
+		}
+		if v, ok := col.(validator); ok {
+			if err := v.ValidateFull(); err != nil {
+				return fmt.Errorf("%w: column %q: %v", ErrInvalidArrow, rec.ColumnName(i), err)
+			}
+		}
+	}
+	return nil
+}
+
+// EncodeIPC writes records as one Arrow IPC stream (test and tool helper).
+func EncodeIPC(schema *arrow.Schema, recs ...arrow.RecordBatch) ([]byte, error) {
+	var buf bytes.Buffer
+	w := ipc.NewWriter(&buf, ipc.WithSchema(schema))
+	for _, r := range recs {
+		if err := w.Write(r); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
