@@ -70,8 +70,9 @@ type Input struct {
 
 // Output receives what a plugin produces during [Instance.Run].
 //
-// The host implements it. A guest calls its methods from the goroutine that
-// runs Run, never concurrently for the same Run.
+// The host implements it. A guest calls Emit only from the goroutine that
+// runs Run, never concurrently for the same Run; Log may be called from any
+// goroutine, concurrently with Emit.
 type Output interface {
 	// Emit delivers one record batch for a topic. The record is valid only
 	// during the call (see the package doc on ownership). A non-nil error

@@ -1,0 +1,69 @@
+# Casparian Flow — the targets a newcomer guesses.
+#   make demo    run the example plugins end to end and read the Parquet back
+#   make test    everything a user relies on (Go with -race, Python SDK, end to end)
+#   make bench   Parquet sink and Python bridge vs pyarrow, side by side
+#   make fuzz    the decoders' fuzz targets, briefly
+#   make lint    gofmt + go vet
+#   make build   bin/casparian (static, CGO_ENABLED=0)
+#   make clean   remove build and demo outputs (make distclean also removes .venv)
+
+SHELL      := /bin/bash
+GO         ?= go
+PYTHON3    ?= python3
+VENV       := .venv
+PY         := $(abspath $(VENV))/bin/python
+BIN        := bin/casparian
+FUZZTIME   ?= 15s
+export CASPARIAN_PYTHON := $(PY)
+
+.PHONY: all demo test test-go test-python bench fuzz lint fmt build clean distclean venv
+
+all: build
+
+venv: $(VENV)/.stamp
+
+# A project-local venv with pyarrow & co and our SDK (editable), rebuilt when
+# the pins or the SDK's pyproject change.
+$(VENV)/.stamp: requirements-dev.txt sdk/python/pyproject.toml
+	@echo "==> creating $(VENV) (pyarrow, pandas, polars, duckdb, pytest, casparian-flow SDK)"
+	$(PYTHON3) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e sdk/python
+	@touch $@
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/casparian
+
+test: venv test-go test-python
+
+# The end-to-end tests run the static binary that `make build` produces.
+test-go: venv build
+	$(GO) vet ./...
+	CASPARIAN_BIN=$(abspath $(BIN)) $(GO) test -race -count=1 -timeout 20m ./...
+
+test-python: venv
+	cd sdk/python && $(PY) -m pytest -q
+
+demo: build venv
+	./examples/demo.sh
+
+bench: build venv
+	$(PY) bench/sink_bench.py
+	$(PY) bench/bridge_bench.py
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./bridge
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin demo-out output .pytest_cache sdk/python/.pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

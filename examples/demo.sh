@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# make demo: run the example plugins through the real host and read the
+# Parquet back with pyarrow and DuckDB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin/casparian}
+PY=${CASPARIAN_PYTHON:-.venv/bin/python}
+OUT=demo-out
+
+rm -rf "$OUT"
+echo "==> Python plugin: examples/python-csv (CSV orders -> topics orders + daily_totals)"
+"$BIN" run --plugin examples/python-csv/orders_plugin.py --output "$OUT/python-csv" --python "$PY" examples/python-csv/data
+echo
+echo "==> Reading the Parquet back with pyarrow and DuckDB"
+"$PY" examples/python-csv/verify.py "$OUT/python-csv" examples/python-csv/data

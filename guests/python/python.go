@@ -1,0 +1,774 @@
+// Package python is the Python guest: it runs each job in its own Python
+// process (the shim of the casparian_flow SDK) and reads the Arrow record
+// batches the plugin publishes over a private Unix socket, as specified in
+// docs/BRIDGE.md.
+package python
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"golang.org/x/sys/unix"
+
+	"github.com/casparianflow/casparian/bridge"
+	"github.com/casparianflow/casparian/host/guest"
+	pysdk "github.com/casparianflow/casparian/sdk/python"
+)
+
+// Bootstrap is the program passed to `python -I -c`: it puts the SDK shipped
+// with the host first on sys.path and runs the shim. argv: SDK_DIR JOB_JSON.
+const Bootstrap = "import sys; sys.path.insert(0, sys.argv[1]); from casparian_flow.bridge_shim import main; sys.exit(main(sys.argv[2]))"
+
+// Defaults for Config's zero values.
+const (
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultIdleTimeout    = 60 * time.Second
+	DefaultKillGrace      = 5 * time.Second
+	DefaultExitTimeout    = 10 * time.Second
+	DefaultMaxBatchBytes  = 64 << 20
+	DefaultStderrTail     = 20
+	maxLogLine            = 64 << 10
+)
+
+// envAllowList is what the guest inherits from the host's environment.
+var envAllowList = []string{"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"}
+
+// Config configures the Python guest. Every zero value means the default.
+type Config struct {
+	// Python is the interpreter to run. Default: "python3" found on PATH.
+	Python string
+	// ConnectTimeout bounds the time from start to the shim's connection. Default 30 s.
+	ConnectTimeout time.Duration
+	// IdleTimeout bounds the time between two reads on the socket. Default 60 s.
+	IdleTimeout time.Duration
+	// KillGrace is the time between SIGTERM and SIGKILL on cancellation. Default 5 s.
+	KillGrace time.Duration
+	// ExitTimeout bounds the wait for the process to exit after END or ERROR. Default 10 s.
+	ExitTimeout time.Duration
+	// Limits caps frame sizes (defaults of the bridge package).
+	Limits bridge.Limits
+	// MaxBatchBytes is the SDK's target size of one BATCH frame. Default 64 MiB.
+	MaxBatchBytes int64
+	// Env adds KEY=VALUE entries to the guest's reduced environment.
+	Env []string
+	// TempDir is where private job directories are made. Default os.TempDir().
+	// Unix socket paths are limited to 107 bytes, so keep it short.
+	TempDir string
+	// StderrTail is how many stderr lines an error quotes. Default 20.
+	StderrTail int
+	// Allocator allocates decoded Arrow data. Default memory.DefaultAllocator.
+	Allocator memory.Allocator
+	// Logger receives the runtime's own diagnostics. nil discards them.
+	Logger *slog.Logger
+}
+
+// Runtime runs Python plugins. It is safe for concurrent use.
+type Runtime struct {
+	cfg    Config
+	sdkDir string
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var _ guest.Runtime = (*Runtime)(nil)
+
+// New checks the configuration, finds the interpreter and extracts the SDK.
+func New(cfg Config) (*Runtime, error) {
+	if cfg.Python == "" {
+		cfg.Python = "python3"
+	}
+	py, err := exec.LookPath(cfg.Python)
+	if err != nil {
+		return nil, fmt.Errorf("python guest: interpreter %q not found: %w (install Python 3.10+ with pyarrow, or pass its path)", cfg.Python, err)
+	}
+	if abs, err := filepath.Abs(py); err == nil {
+		py = abs
+	}
+	cfg.Python = py
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.KillGrace <= 0 {
+		cfg.KillGrace = DefaultKillGrace
+	}
+	if cfg.ExitTimeout <= 0 {
+		cfg.ExitTimeout = DefaultExitTimeout
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if cfg.StderrTail <= 0 {
+		cfg.StderrTail = DefaultStderrTail
+	}
+	if cfg.TempDir == "" {
+		cfg.TempDir = os.TempDir()
+	}
+	if cfg.Allocator == nil {
+		cfg.Allocator = memory.DefaultAllocator
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, kv := range cfg.Env {
+		if !strings.Contains(kv, "=") {
+			return nil, fmt.Errorf("python guest: env entry %q is not KEY=VALUE", kv)
+		}
+	}
+	dir, err := os.MkdirTemp(cfg.TempDir, "cf-sdk-")
+	if err != nil {
+		return nil, fmt.Errorf("python guest: %w", err)
+	}
+	if _, err := pysdk.Extract(dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("python guest: extract SDK: %w", err)
+	}
+	return &Runtime{cfg: cfg, sdkDir: dir}, nil
+}
+
+// Kind reports guest.KindPython.
+func (r *Runtime) Kind() guest.Kind { return guest.KindPython }
+
+// Interpreter returns the absolute path of the Python interpreter in use.
+func (r *Runtime) Interpreter() string { return r.cfg.Python }
+
+// Close removes the extracted SDK. It is idempotent.
+func (r *Runtime) Close(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	return os.RemoveAll(r.sdkDir)
+}
+
+// Load reads the plugin's source (from p.Source or p.Path) and returns an
+// instance that runs it. Nothing is started until Run.
+func (r *Runtime) Load(_ context.Context, p guest.Plugin) (guest.Instance, error) {
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return nil, guest.Errorf(guest.ErrPlugin, "python guest is closed")
+	}
+	src := p.Source
+	if src == nil {
+		if p.Path == "" {
+			return nil, guest.Errorf(guest.ErrPlugin, "plugin %q has neither a path nor source", p.Name)
+		}
+		b, err := os.ReadFile(p.Path)
+		if err != nil {
+			e := guest.AsError(err, guest.ErrPlugin)
+			e.Message = fmt.Sprintf("read plugin %s: %v", p.Path, err)
+			e.Hint = "check the --plugin path"
+			return nil, e
+		}
+		src = b
+	}
+	if p.Hash == "" {
+		sum := sha256.Sum256(src)
+		p.Hash = hex.EncodeToString(sum[:])
+	}
+	name := p.Name
+	if name == "" {
+		name = strings.TrimSuffix(filepath.Base(p.Path), filepath.Ext(p.Path))
+	}
+	return &instance{rt: r, plugin: p, name: name, source: src}, nil
+}
+
+type instance struct {
+	rt     *Runtime
+	plugin guest.Plugin
+	name   string
+	source []byte
+}
+
+var (
+	_ guest.Instance   = (*instance)(nil)
+	_ guest.Concurrent = (*instance)(nil)
+)
+
+// Concurrent is true: every Run has its own process.
+func (i *instance) Concurrent() bool { return true }
+
+// Close does nothing: the instance holds no process between runs.
+func (i *instance) Close(context.Context) error { return nil }
+
+type jobSpec struct {
+	Socket        string         `json:"socket"`
+	PluginPath    string         `json:"plugin_path"`
+	PluginName    string         `json:"plugin_name"`
+	InputPath     string         `json:"input_path"`
+	JobID         int64          `json:"job_id"`
+	FileVersionID int64          `json:"file_version_id"`
+	Config        map[string]any `json:"config"`
+	MaxBatchBytes int64          `json:"max_batch_bytes"`
+	MaxFrameBytes int64          `json:"max_frame_bytes"`
+}
+
+// Run starts the shim, streams the plugin's batches to out and cleans up.
+func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) error {
+	cfg := i.rt.cfg
+	dir, err := os.MkdirTemp(cfg.TempDir, "cf-job-")
+	if err != nil {
+		return guest.AsError(fmt.Errorf("python guest: private dir: %w", err), guest.ErrResourceLimit)
+	}
+	defer os.RemoveAll(dir)
+
+	sock := filepath.Join(dir, "bridge.sock")
+	if len(sock) > 107 {
+		return guest.Errorf(guest.ErrResourceLimit, "socket path %q is longer than the 107 bytes Unix sockets allow; use a shorter temp dir", sock)
+	}
+	pluginPath := filepath.Join(dir, "plugin.py")
+	if err := os.WriteFile(pluginPath, i.source, 0o600); err != nil {
+		return guest.AsError(fmt.Errorf("python guest: write plugin: %w", err), guest.ErrResourceLimit)
+	}
+	inputPath := in.Path
+	if abs, err := filepath.Abs(inputPath); err == nil {
+		inputPath = abs
+	}
+	spec := jobSpec{
+		Socket: sock, PluginPath: pluginPath, PluginName: i.name, InputPath: inputPath,
+		JobID: in.JobID, FileVersionID: in.FileVersionID, Config: in.Config,
+		MaxBatchBytes: cfg.MaxBatchBytes, MaxFrameBytes: int64(limitsOf(cfg).MaxBatchFrame),
+	}
+	if spec.Config == nil {
+		spec.Config = map[string]any{}
+	}
+	specPath := filepath.Join(dir, "job.json")
+	specBytes, err := json.Marshal(spec)
+	if err != nil {
+		return guest.AsError(fmt.Errorf("python guest: job spec: %w", err), guest.ErrPlugin)
+	}
+	if err := os.WriteFile(specPath, specBytes, 0o600); err != nil {
+		return guest.AsError(fmt.Errorf("python guest: write job spec: %w", err), guest.ErrResourceLimit)
+	}
+
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return guest.AsError(fmt.Errorf("python guest: listen on %s: %w", sock, err), guest.ErrResourceLimit)
+	}
+	ln.SetUnlinkOnClose(true)
+	defer ln.Close()
+
+	p := &proc{cfg: cfg, sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail)}
+	if err := p.start(dir, specPath); err != nil {
+		return err
+	}
+	defer p.cleanup()
+
+	conn, err := p.accept(ctx, ln)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ln.Close()
+
+	return p.session(ctx, conn, in, out)
+}
+
+func limitsOf(cfg Config) bridge.Limits {
+	l := cfg.Limits
+	if l.MaxBatchFrame == 0 {
+		l.MaxBatchFrame = bridge.DefaultMaxBatchFrame
+	}
+	if l.MaxMessage == 0 {
+		l.MaxMessage = bridge.DefaultMaxMessage
+	}
+	return l
+}
+
+// proc is one running shim process.
+type proc struct {
+	cfg     Config
+	sdkDir  string
+	out     guest.Output
+	tail    *tail
+	cmd     *exec.Cmd
+	pipes   []*os.File    // read ends of stdout and stderr
+	exited  chan struct{} // closed when the process has been reaped
+	drained chan struct{} // closed when stdout and stderr hit EOF
+	state   *os.ProcessState
+}
+
+func (p *proc) start(dir, specPath string) error {
+	cmd := exec.Command(p.cfg.Python, "-I", "-c", Bootstrap, p.sdkDir, specPath)
+	cmd.Dir = dir
+	cmd.Env = guestEnv(dir, p.cfg.Env)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Our own pipes, not exec's copying goroutines: the process is reaped as
+	// soon as it exits, even while a grandchild still holds the pipes.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return guest.AsError(fmt.Errorf("python guest: pipe: %w", err), guest.ErrResourceLimit)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return guest.AsError(fmt.Errorf("python guest: pipe: %w", err), guest.ErrResourceLimit)
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return &guest.Error{Kind: guest.ErrCrashed, Message: fmt.Sprintf("start %s: %v", p.cfg.Python, err),
+			ExitCode: -1, Err: err, Hint: "check that the Python interpreter exists and is executable"}
+	}
+	p.cmd = cmd
+	p.pipes = []*os.File{outR, errR}
+	p.exited = make(chan struct{})
+	p.drained = make(chan struct{})
+	stdout := &lineWriter{emit: func(line string) {
+		p.out.Log(guest.LogRecord{Level: slog.LevelInfo, Message: line, Stream: "stdout"})
+	}}
+	stderr := &lineWriter{emit: func(line string) {
+		p.tail.add(line)
+		p.out.Log(guest.LogRecord{Level: slog.LevelWarn, Message: line, Stream: "stderr"})
+	}}
+	var drain sync.WaitGroup
+	for i, w := range []*lineWriter{stdout, stderr} {
+		drain.Add(1)
+		go func(r *os.File, w *lineWriter) {
+			defer drain.Done()
+			_, _ = io.Copy(w, r)
+			w.Close()
+		}(p.pipes[i], w)
+	}
+	go func() {
+		drain.Wait()
+		close(p.drained)
+	}()
+	go func() {
+		st, _ := cmd.Process.Wait()
+		p.state = st
+		close(p.exited)
+	}()
+	return nil
+}
+
+func guestEnv(dir string, extra []string) []string {
+	env := make([]string, 0, len(envAllowList)+len(extra)+1)
+	for _, k := range envAllowList {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	env = append(env, "TMPDIR="+dir)
+	return append(env, extra...)
+}
+
+// accept waits for the shim's connection, the child's early exit, or ctx.
+func (p *proc) accept(ctx context.Context, ln *net.UnixListener) (*net.UnixConn, error) {
+	type result struct {
+		c   *net.UnixConn
+		err error
+	}
+	ch := make(chan result, 1)
+	_ = ln.SetDeadline(time.Now().Add(p.cfg.ConnectTimeout))
+	go func() {
+		c, err := ln.AcceptUnix()
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			var ne net.Error
+			if errors.As(r.err, &ne) && ne.Timeout() {
+				return nil, p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1,
+					Message: fmt.Sprintf("guest process did not connect to the bridge socket within %s", p.cfg.ConnectTimeout),
+					Hint:    "the Python process may be stuck importing modules or at the top level of the plugin; check the log lines above, or raise the connect timeout"})
+			}
+			return nil, guest.AsError(fmt.Errorf("accept: %w", r.err), guest.ErrProtocol)
+		}
+		if err := checkPeer(r.c, p.cmd.Process.Pid); err != nil {
+			r.c.Close()
+			return nil, err
+		}
+		return r.c, nil
+	case <-p.exited:
+		ln.Close()
+		if r := <-ch; r.err == nil {
+			// Connected just before exiting: read what it sent.
+			return r.c, nil
+		}
+		return nil, p.exitError("guest process exited before connecting to the bridge")
+	case <-ctx.Done():
+		ln.Close()
+		<-ch
+		return nil, ctxError(ctx, "before the guest connected")
+	}
+}
+
+// checkPeer makes sure the connection comes from our child (same uid, same pid).
+func checkPeer(c *net.UnixConn, pid int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return guest.AsError(err, guest.ErrProtocol)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return guest.AsError(err, guest.ErrProtocol)
+	}
+	if cerr != nil {
+		return guest.AsError(fmt.Errorf("peer credentials: %w", cerr), guest.ErrProtocol)
+	}
+	if int(cred.Uid) != os.Getuid() || int(cred.Pid) != pid {
+		return guest.Errorf(guest.ErrProtocol, "bridge connection from pid %d uid %d, expected the guest pid %d", cred.Pid, cred.Uid, pid)
+	}
+	return nil
+}
+
+// session reads frames until END or ERROR and waits for a clean exit.
+func (p *proc) session(ctx context.Context, conn *net.UnixConn, in guest.Input, out guest.Output) error {
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	lim := limitsOf(p.cfg)
+	r := bridge.NewReader(bufio.NewReaderSize(&idleReader{c: conn, idle: p.cfg.IdleTimeout}, 1<<20), lim)
+
+	readErr := func(err error, during string) error {
+		if ctx.Err() != nil {
+			return ctxError(ctx, during)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1,
+				Message: fmt.Sprintf("no data from the plugin for %s %s", p.cfg.IdleTimeout, during),
+				Hint:    "the plugin may be stuck; if it legitimately computes that long between batches, raise the idle timeout"})
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, bridge.ErrTruncated) || errors.Is(err, syscall.ECONNRESET) {
+			if p.waitExit(2 * time.Second) {
+				if !p.exitedOK() {
+					return p.exitError("guest process died " + during)
+				}
+			}
+			return p.withStderr(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
+				Message: "guest closed the bridge without an end-of-stream frame " + during, Err: err})
+		}
+		if errors.Is(err, bridge.ErrFrameTooLarge) {
+			return &guest.Error{Kind: guest.ErrResourceLimit, ExitCode: -1, Message: err.Error(),
+				Hint: "publish smaller tables, or raise the frame limit"}
+		}
+		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Message: fmt.Sprintf("bad data on the bridge %s: %v", during, err),
+			Hint: "something in the guest wrote to the bridge socket outside the SDK", Err: err}
+	}
+
+	f, err := r.Next()
+	if err != nil {
+		return readErr(err, "before HELLO")
+	}
+	if f.Type != bridge.FrameHello {
+		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
+			Message: fmt.Sprintf("first frame is %s, expected HELLO; the guest is not speaking the bridge protocol", f.Type)}
+	}
+	var hello bridge.Hello
+	if err := f.Decode(&hello); err != nil || hello.Magic != bridge.Magic {
+		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Message: fmt.Sprintf("invalid HELLO frame %q", truncate(string(f.Payload), 200))}
+	}
+	if hello.Version != bridge.ProtocolVersion {
+		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
+			Message: fmt.Sprintf("guest speaks bridge protocol %d, host speaks %d", hello.Version, bridge.ProtocolVersion),
+			Hint:    "the guest SDK and the host are different versions"}
+	}
+	mem := p.cfg.Allocator
+	for {
+		f, err := r.Next()
+		if err != nil {
+			return readErr(err, "in mid-stream")
+		}
+		switch f.Type {
+		case bridge.FrameBatch:
+			topic := f.Topic
+			var emitErr error
+			_, err := bridge.ReadIPC(f.Body, int64(f.Len), mem, func(rec arrow.RecordBatch) error {
+				emitErr = out.Emit(ctx, topic, rec)
+				return emitErr
+			})
+			if emitErr != nil {
+				return guest.AsError(emitErr, guest.ErrSink)
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctxError(ctx, "in mid-stream")
+				}
+				if errors.Is(err, bridge.ErrInvalidArrow) {
+					return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
+						Message: fmt.Sprintf("topic %q: %v", topic, err), Err: err}
+				}
+				return readErr(err, "in a BATCH frame")
+			}
+		case bridge.FrameLog:
+			var m bridge.LogMessage
+			if err := f.Decode(&m); err != nil {
+				return readErr(err, "in a LOG frame")
+			}
+			attrs := []slog.Attr{}
+			if m.Logger != "" {
+				attrs = append(attrs, slog.String("logger", m.Logger))
+			}
+			out.Log(guest.LogRecord{Level: parseLevel(m.Level), Message: m.Message, Stream: "sdk", Attrs: attrs})
+		case bridge.FrameError:
+			var m bridge.ErrorMessage
+			if err := f.Decode(&m); err != nil {
+				return readErr(err, "in an ERROR frame")
+			}
+			e := &guest.Error{Kind: guest.KindFromCode(m.Kind), Message: m.Message, Traceback: m.Traceback, ExitCode: -1}
+			if m.Type != "" {
+				e.Message = m.Type + ": " + m.Message
+			}
+			e.Hint = errorHint(e.Kind)
+			p.waitExit(p.cfg.ExitTimeout)
+			return e
+		case bridge.FrameEnd:
+			if !p.waitExit(p.cfg.ExitTimeout) {
+				return &guest.Error{Kind: guest.ErrTimeout, ExitCode: -1,
+					Message: fmt.Sprintf("guest sent end-of-stream but did not exit within %s", p.cfg.ExitTimeout),
+					Hint:    "a thread or atexit handler in the plugin keeps the process alive"}
+			}
+			if !p.exitedOK() {
+				return p.exitError("guest process failed after end-of-stream")
+			}
+			return nil
+		default:
+			return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Message: fmt.Sprintf("unexpected %s frame", f.Type)}
+		}
+	}
+}
+
+func errorHint(kind error) string {
+	switch kind {
+	case guest.ErrPlugin:
+		return "the traceback above points at the plugin line that raised"
+	case guest.ErrSchema:
+		return "publish a pandas or polars DataFrame, a pyarrow Table or RecordBatch, with a valid topic name"
+	case guest.ErrInput:
+		return "check that the input file exists and is readable"
+	}
+	return ""
+}
+
+func parseLevel(s string) slog.Level {
+	switch strings.ToUpper(s) {
+	case "DEBUG":
+		return slog.LevelDebug
+	case "WARNING", "WARN":
+		return slog.LevelWarn
+	case "ERROR", "CRITICAL":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// waitExit waits up to d for the process to exit and reports whether it did.
+func (p *proc) waitExit(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (p *proc) exitedOK() bool { return p.state != nil && p.state.Success() }
+
+// exitError describes how the process ended, with its last stderr lines.
+func (p *proc) exitError(what string) *guest.Error {
+	e := &guest.Error{Kind: guest.ErrCrashed, ExitCode: -1}
+	if p.state != nil {
+		if ws, ok := p.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			e.Signal = ws.Signal().String()
+			e.Message = fmt.Sprintf("%s: killed by signal %s", what, unix.SignalName(ws.Signal()))
+		} else {
+			e.ExitCode = p.state.ExitCode()
+			e.Message = fmt.Sprintf("%s: exit status %d", what, e.ExitCode)
+		}
+	} else {
+		e.Message = what
+	}
+	p.withStderr(e)
+	if strings.Contains(e.Stderr, "No module named 'pyarrow'") {
+		e.Hint = fmt.Sprintf("the interpreter %s has no pyarrow: run `make venv` and use .venv/bin/python, or `pip install pyarrow`", p.cfg.Python)
+	} else if e.Hint == "" {
+		e.Hint = "the last stderr lines above show why the process ended"
+	}
+	return e
+}
+
+func (p *proc) withStderr(e *guest.Error) *guest.Error {
+	if e.Stderr == "" {
+		// Let the last lines in flight arrive (a grandchild may hold the pipe, so not forever).
+		select {
+		case <-p.drained:
+		case <-time.After(300 * time.Millisecond):
+		}
+		e.Stderr = p.tail.String()
+	}
+	return e
+}
+
+// cleanup stops the process group: SIGTERM, grace, SIGKILL; always SIGKILL
+// the group at the end so nothing the plugin forked survives.
+func (p *proc) cleanup() {
+	if p.cmd == nil {
+		return
+	}
+	pgid := p.cmd.Process.Pid
+	select {
+	case <-p.exited:
+	default:
+		_ = unix.Kill(-pgid, unix.SIGTERM)
+		if !p.waitExit(p.cfg.KillGrace) {
+			_ = unix.Kill(-pgid, unix.SIGKILL)
+		}
+	}
+	_ = unix.Kill(-pgid, unix.SIGKILL)
+	<-p.exited
+	// The group is dead, so the pipes reach EOF, unless a process that left
+	// the group (setsid) still holds them: then stop reading after a while.
+	select {
+	case <-p.drained:
+	case <-time.After(2 * time.Second):
+		for _, f := range p.pipes {
+			f.Close()
+		}
+		<-p.drained
+	}
+	for _, f := range p.pipes {
+		f.Close()
+	}
+}
+
+func ctxError(ctx context.Context, during string) *guest.Error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		return &guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Message: "job deadline exceeded " + during,
+			Hint: "the plugin ran longer than the job timeout; raise it if the input is legitimately large"}
+	}
+	return &guest.Error{Kind: guest.ErrCancelled, ExitCode: -1, Message: "job cancelled " + during, Err: context.Cause(ctx)}
+}
+
+// idleReader applies the idle timeout to every read.
+type idleReader struct {
+	c    *net.UnixConn
+	idle time.Duration
+}
+
+func (r *idleReader) Read(b []byte) (int, error) {
+	if err := r.c.SetReadDeadline(time.Now().Add(r.idle)); err != nil {
+		return 0, err
+	}
+	return r.c.Read(b)
+}
+
+// lineWriter splits a byte stream into lines (capped at maxLogLine).
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  []byte
+	emit func(string)
+}
+
+func (w *lineWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(b)
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			room := maxLogLine - len(w.buf)
+			if len(b) > room {
+				w.buf = append(w.buf, b[:room]...)
+				w.flush()
+				b = b[room:]
+				continue
+			}
+			w.buf = append(w.buf, b...)
+			break
+		}
+		if len(w.buf)+i > maxLogLine {
+			w.buf = append(w.buf, b[:maxLogLine-len(w.buf)]...)
+		} else {
+			w.buf = append(w.buf, b[:i]...)
+		}
+		w.flush()
+		b = b[i+1:]
+	}
+	return n, nil
+}
+
+// Close emits a last line that had no newline.
+func (w *lineWriter) Close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.flush()
+	}
+}
+
+func (w *lineWriter) flush() {
+	line := strings.TrimRight(string(w.buf), "\r")
+	w.buf = w.buf[:0]
+	w.emit(line)
+}
+
+// tail keeps the last n lines.
+type tail struct {
+	mu    sync.Mutex
+	n     int
+	lines []string
+}
+
+func newTail(n int) *tail { return &tail{n: n} }
+
+func (t *tail) add(s string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(s) > 2000 {
+		s = s[:2000] + "…"
+	}
+	t.lines = append(t.lines, s)
+	if len(t.lines) > t.n {
+		t.lines = t.lines[len(t.lines)-t.n:]
+	}
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, "\n")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
