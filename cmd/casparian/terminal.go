@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"golang.org/x/term"
@@ -192,20 +191,20 @@ func printSummary(w io.Writer, plugin guest.Plugin, outDir string, jobs []host.J
 	fmt.Fprintf(w, "  in %s\n", elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "Output   %s\n\n", abs)
 	if len(stats) > 0 {
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "TOPIC\tROWS\tPARQUET FILES\t")
 		topics := make([]string, 0, len(stats))
+		width := len("total")
 		for t := range stats {
 			topics = append(topics, t)
+			width = max(width, len(t))
 		}
 		sort.Strings(topics)
+		fmt.Fprintf(w, "%-*s  %12s  %13s\n", width, "TOPIC", "ROWS", "PARQUET FILES")
 		var total int64
 		for _, t := range topics {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t\n", t, stats[t].rows, stats[t].files)
+			fmt.Fprintf(w, "%-*s  %12d  %13d\n", width, t, stats[t].rows, stats[t].files)
 			total += stats[t].rows
 		}
-		fmt.Fprintf(tw, "total\t%d\t\t\n", total)
-		tw.Flush()
+		fmt.Fprintf(w, "%-*s  %12d\n", width, "total", total)
 	} else {
 		fmt.Fprintln(w, "No output was written.")
 	}

@@ -147,7 +147,7 @@ func openParquet(t Target, o Options, loc location) (*parquetWriter, error) {
 		fvCol:  constInt64{mem: o.Allocator, val: t.FileVersionID},
 	}
 	if t.Schema != nil {
-		if err := w.start(t.Schema, nil); err != nil {
+		if err := w.declare(t.Schema); err != nil {
 			w.discard()
 			return nil, err
 		}
@@ -155,13 +155,28 @@ func openParquet(t Target, o Options, loc location) (*parquetWriter, error) {
 	return w, nil
 }
 
-// start fixes the topic's schema and creates the Parquet writer. first is
-// the first batch (nil when the schema was declared up front); it is sampled
-// to plan dictionary encoding (see dictplan.go).
-func (w *parquetWriter) start(sc *arrow.Schema, first arrow.RecordBatch) error {
+// declare fixes the topic's schema and checks that Parquet can store it.
+func (w *parquetWriter) declare(sc *arrow.Schema) error {
 	if err := checkLineageFree(w.t, sc); err != nil {
 		return err
 	}
+	out := withLineage(sc)
+	phys := physicalSchema(out)
+	fwSchema := out
+	if phys != nil {
+		fwSchema = phys
+	}
+	if _, err := pqarrow.ToParquet(fwSchema, parquet.NewWriterProperties(w.popts...), pqarrow.DefaultWriterProps()); err != nil {
+		return schemaErr(fmt.Errorf("write topic %q: schema cannot be stored in parquet: %w\nschema: %s", w.t.Topic, err, oneLine(sc)))
+	}
+	w.inSchema, w.outSchema, w.physSchema = sc, out, phys
+	return nil
+}
+
+// start creates the Parquet writer for the declared schema. first is the
+// first batch, sampled to plan dictionary encoding (see dictplan.go); nil
+// when committing without any batch.
+func (w *parquetWriter) start(first arrow.RecordBatch) error {
 	popts := w.popts
 	if first != nil && !w.o.NoDictionarySampling {
 		for _, name := range plainColumns(first, parquet.DefaultDictionaryPageSizeLimit) {
@@ -169,26 +184,24 @@ func (w *parquetWriter) start(sc *arrow.Schema, first arrow.RecordBatch) error {
 		}
 	}
 	props := parquet.NewWriterProperties(popts...)
-	out := withLineage(sc)
-	phys := physicalSchema(out)
 	arrOpts := []pqarrow.WriterOption{pqarrow.WithAllocator(w.o.Allocator)}
-	fwSchema := out
-	if phys == nil {
+	fwSchema := w.outSchema
+	if w.physSchema == nil {
 		arrOpts = append(arrOpts, pqarrow.WithStoreSchema())
 	} else {
-		fwSchema = phys
+		fwSchema = w.physSchema
 	}
 	fw, err := pqarrow.NewFileWriter(fwSchema, w.out, props, pqarrow.NewArrowWriterProperties(arrOpts...))
 	if err != nil {
 		if w.out.err != nil {
 			return ioErr(w.t, "open parquet writer", w.out.err)
 		}
-		return schemaErr(fmt.Errorf("write topic %q: schema cannot be stored in parquet: %w\nschema: %s", w.t.Topic, err, oneLine(sc)))
+		return schemaErr(fmt.Errorf("write topic %q: schema cannot be stored in parquet: %w\nschema: %s", w.t.Topic, err, oneLine(w.inSchema)))
 	}
 	kv := map[string]string{}
-	if phys != nil {
+	if w.physSchema != nil {
 		// pqarrow stored the physical schema; store the real one instead.
-		kv[arrowSchemaKey] = base64.StdEncoding.EncodeToString(flight.SerializeSchema(parquetStoredSchema(out), w.o.Allocator))
+		kv[arrowSchemaKey] = base64.StdEncoding.EncodeToString(flight.SerializeSchema(parquetStoredSchema(w.outSchema), w.o.Allocator))
 	}
 	for k, v := range w.t.Provenance {
 		kv[k] = v
@@ -200,7 +213,7 @@ func (w *parquetWriter) start(sc *arrow.Schema, first arrow.RecordBatch) error {
 			return sinkErr(fmt.Errorf("write topic %q: file metadata: %w", w.t.Topic, err))
 		}
 	}
-	w.inSchema, w.outSchema, w.physSchema, w.fw = sc, out, phys, fw
+	w.fw = fw
 	return nil
 }
 
@@ -222,12 +235,18 @@ func (w *parquetWriter) Write(ctx context.Context, rec arrow.RecordBatch) error 
 		return cancelled("write parquet", w.t, err)
 	}
 	if w.inSchema == nil {
-		if err := w.start(rec.Schema(), rec); err != nil {
+		if err := w.declare(rec.Schema()); err != nil {
 			w.state = stateFailed
 			return err
 		}
 	} else if !rec.Schema().Equal(w.inSchema) {
 		return schemaMismatch(w.t, w.inSchema, rec.Schema())
+	}
+	if w.fw == nil {
+		if err := w.start(rec); err != nil {
+			w.state = stateFailed
+			return err
+		}
 	}
 	n := rec.NumRows()
 	if n == 0 {
@@ -345,12 +364,13 @@ func (w *parquetWriter) commit(ctx context.Context) (Artifact, error) {
 	if err := ctx.Err(); err != nil {
 		return Artifact{}, cancelled("commit parquet", w.t, err)
 	}
-	if w.fw == nil {
-		sc := w.t.Schema
-		if sc == nil {
-			sc = arrow.NewSchema(nil, nil)
+	if w.inSchema == nil {
+		if err := w.declare(arrow.NewSchema(nil, nil)); err != nil {
+			return Artifact{}, err
 		}
-		if err := w.start(sc, nil); err != nil {
+	}
+	if w.fw == nil {
+		if err := w.start(nil); err != nil {
 			return Artifact{}, err
 		}
 	}
@@ -512,4 +532,3 @@ func dataBytes(d arrow.ArrayData) int64 {
 	}
 	return sum
 }
-

@@ -574,6 +574,9 @@ func TestUnsupportedTypeIsSchemaError(t *testing.T) {
 			if !strings.Contains(ge.Message, "ree") {
 				t.Errorf("message should name the column: %s", ge.Message)
 			}
+			// A declared schema is checked at Open.
+			_, err := Open(context.Background(), Target{URI: uri, OutputDir: t.TempDir(), JobID: 1, Topic: "t", Schema: rec.Schema()}, Options{Allocator: mem, TempDir: t.TempDir()})
+			wantKind(t, err, guest.ErrSchema)
 		})
 	}
 }
