@@ -151,7 +151,8 @@ func (h *Host) Run(ctx context.Context, job Job) Receipt {
 		rc.Rows = map[string]int64{}
 		rc.Artifacts = nil
 		rc.Err = &JobFailure{JobID: job.ID, Err: err}
-		h.log.Warn("job failed", "job_id", job.ID, "plugin", job.Plugin.Name, "input", job.InputPath, "error", err.Error())
+		// Info, not Warn: the caller (CLI or worker) decides how loudly to report it.
+		h.log.Info("job failed", "job_id", job.ID, "plugin", job.Plugin.Name, "input", job.InputPath, "error", err.Error())
 		return rc
 	}
 	rc.Status = StatusSuccess

@@ -197,3 +197,39 @@ func TestRunReportsFailuresAndKeepsGoodOutput(t *testing.T) {
 		t.Errorf("good file's output: %d rows in %d files", rows, files)
 	}
 }
+
+// The original system's plugins run unchanged through the real binary.
+func TestOriginalPluginsRunUnchanged(t *testing.T) {
+	py := testenv.Python(t)
+	bin := buildCLI(t)
+	cases := []struct {
+		plugin, topic string
+		rows          int64
+	}{
+		{"csv_processor.py", "processed_output", 4},
+		{"test_plugin.py", "output", 3},
+	}
+	for _, c := range cases {
+		t.Run(c.plugin, func(t *testing.T) {
+			out := t.TempDir()
+			dir := filepath.Join(testenv.RepoRoot(), "cmd", "casparian", "testdata", "original")
+			stdout, stderr, code := runCLI(t, bin, "run", "--plugin", filepath.Join(dir, c.plugin), "--output", out,
+				"--python", py, filepath.Join(dir, "input.csv"))
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+			}
+			files, _ := filepath.Glob(filepath.Join(out, c.topic, "*.parquet"))
+			if len(files) != 1 {
+				t.Fatalf("files in %s: %v", c.topic, files)
+			}
+			rdr, err := file.OpenParquetFile(files[0], false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rdr.Close()
+			if n := rdr.NumRows(); n != c.rows {
+				t.Errorf("%s: %d rows, want %d", c.topic, n, c.rows)
+			}
+		})
+	}
+}

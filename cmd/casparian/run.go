@@ -33,6 +33,7 @@ type runFlags struct {
 	idleTimeout    time.Duration
 	logLevel       string
 	progress       string
+	fullErrors     bool
 	sinks          multiFlag
 }
 
@@ -55,6 +56,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", python.DefaultIdleTimeout, "longest silence from a Python guest")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn, error (plugin stdout is info, stderr warn)")
 	fs.StringVar(&f.progress, "progress", "auto", "progress display: auto (bar on a terminal), bar, lines, none")
+	fs.BoolVar(&f.fullErrors, "full-errors", false, "print failed jobs' errors whole (tracebacks are shortened otherwise)")
 	fs.Var(&f.sinks, "sink", "route a topic: TOPIC=URI (parquet://PATH or sqlite:///abs/file.db/table); repeatable")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: casparian run --plugin PLUGIN --output DIR [flags] INPUT...\n\nINPUT is a file, a directory (read recursively, hidden files skipped) or a glob.\n\nFlags:\n")
@@ -163,7 +165,7 @@ feed:
 	wg.Wait()
 	term.stop()
 
-	return printSummary(stdout, plugin, f.output, jobs, receipts, time.Since(start), ctx.Err() != nil)
+	return printSummary(stdout, plugin, f.output, jobs, receipts, time.Since(start), ctx.Err() != nil, f.fullErrors)
 }
 
 // resolvePlugin picks the guest kind from the plugin file.

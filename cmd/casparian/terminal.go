@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,6 +31,8 @@ type terminal struct {
 	rows     int64
 	started  time.Time
 	active   bool
+	tick     chan struct{} // closed to stop the redraw ticker
+	ticked   sync.WaitGroup
 }
 
 func newTerminal(w io.Writer, mode string) *terminal {
@@ -47,9 +50,32 @@ func (t *terminal) start(total int) {
 	defer t.mu.Unlock()
 	t.total, t.started, t.active = total, time.Now(), true
 	t.draw()
+	if t.mode == "bar" {
+		t.tick = make(chan struct{})
+		t.ticked.Add(1)
+		go func() {
+			defer t.ticked.Done()
+			tk := time.NewTicker(250 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-t.tick:
+					return
+				case <-tk.C:
+					t.mu.Lock()
+					t.draw()
+					t.mu.Unlock()
+				}
+			}
+		}()
+	}
 }
 
 func (t *terminal) stop() {
+	if t.tick != nil {
+		close(t.tick)
+		t.ticked.Wait()
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mode == "bar" && t.active {
@@ -119,7 +145,13 @@ func (l *logWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// firstLine is the first line of a job's error, without the "[Job N]" prefix
+// (the caller prints the job).
 func firstLine(err error) string {
+	var jf *host.JobFailure
+	if errors.As(err, &jf) {
+		err = jf.Err
+	}
 	s := err.Error()
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
@@ -154,7 +186,7 @@ func humanCount(n int64) string {
 }
 
 // printSummary prints the run's summary table and returns the exit code.
-func printSummary(w io.Writer, plugin guest.Plugin, outDir string, jobs []host.Job, receipts []host.Receipt, elapsed time.Duration, interrupted bool) int {
+func printSummary(w io.Writer, plugin guest.Plugin, outDir string, jobs []host.Job, receipts []host.Receipt, elapsed time.Duration, interrupted, fullErrors bool) int {
 	type topicStat struct {
 		rows  int64
 		files int
@@ -168,7 +200,7 @@ func printSummary(w io.Writer, plugin guest.Plugin, outDir string, jobs []host.J
 			skipped++
 		case rc.Err != nil:
 			failed++
-			failures = append(failures, fmt.Sprintf("  %s\n    %s", jobs[i].InputPath, detailLines(rc.Err, 12)))
+			failures = append(failures, fmt.Sprintf("  %s\n    %s", jobs[i].InputPath, detailLines(rc.Err, 12, fullErrors)))
 		default:
 			ok++
 		}
@@ -217,11 +249,13 @@ func printSummary(w io.Writer, plugin guest.Plugin, outDir string, jobs []host.J
 	return 0
 }
 
-// detailLines returns up to n lines of an error, indented.
-func detailLines(err error, n int) string {
+// detailLines renders an error for the summary: its first line, then its
+// last n lines (the end of a traceback is where the cause is), indented.
+func detailLines(err error, n int, full bool) string {
 	lines := strings.Split(strings.TrimRight(err.Error(), "\n"), "\n")
-	if len(lines) > n {
-		lines = append(lines[:n], fmt.Sprintf("… (%d more lines; rerun with --log-level info for the plugin's output)", len(lines)-n))
+	if !full && len(lines) > n+1 {
+		skipped := len(lines) - n - 1
+		lines = append([]string{lines[0], fmt.Sprintf("… (%d lines skipped; --full-errors shows them)", skipped)}, lines[len(lines)-n:]...)
 	}
 	return strings.Join(lines, "\n    ")
 }

@@ -195,14 +195,21 @@ func (r *Runtime) Load(_ context.Context, p guest.Plugin) (guest.Instance, error
 	if name == "" {
 		name = strings.TrimSuffix(filepath.Base(p.Path), filepath.Ext(p.Path))
 	}
-	return &instance{rt: r, plugin: p, name: name, source: src}, nil
+	inst := &instance{rt: r, plugin: p, name: name, source: src}
+	if p.Source == nil {
+		if abs, err := filepath.Abs(p.Path); err == nil {
+			inst.path = abs
+		}
+	}
+	return inst, nil
 }
 
 type instance struct {
 	rt     *Runtime
 	plugin guest.Plugin
 	name   string
-	source []byte
+	source []byte // the plugin's source, read at Load
+	path   string // absolute path of the plugin file; "" for inline source
 }
 
 var (
@@ -241,9 +248,14 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	if len(sock) > 107 {
 		return guest.Errorf(guest.ErrResourceLimit, "socket path %q is longer than the 107 bytes Unix sockets allow; use a shorter temp dir", sock)
 	}
-	pluginPath := filepath.Join(dir, "plugin.py")
-	if err := os.WriteFile(pluginPath, i.source, 0o600); err != nil {
-		return guest.AsError(fmt.Errorf("python guest: write plugin: %w", err), guest.ErrResourceLimit)
+	// A plugin loaded from a file runs from that file, so tracebacks name it;
+	// inline source (from a DISPATCH) is written into the private dir.
+	pluginPath := i.path
+	if pluginPath == "" {
+		pluginPath = filepath.Join(dir, "plugin.py")
+		if err := os.WriteFile(pluginPath, i.source, 0o600); err != nil {
+			return guest.AsError(fmt.Errorf("python guest: write plugin: %w", err), guest.ErrResourceLimit)
+		}
 	}
 	inputPath := in.Path
 	if abs, err := filepath.Abs(inputPath); err == nil {
