@@ -31,7 +31,7 @@ func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.Re
 			err = fmt.Errorf("%w: decoder panic: %v", ErrInvalidArrow, p)
 		}
 	}()
-	rdr, err := ipc.NewReader(body, ipc.WithAllocator(mem),
+	rdr, err := ipc.NewReader(newIPCGuard(body, limit), ipc.WithAllocator(mem),
 		ipc.WithMetadataSizeLimit(limit), ipc.WithBodySizeLimit(limit))
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", ErrInvalidArrow, err)

@@ -1,0 +1,372 @@
+package bridge
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// ipcGuard sits between an untrusted Arrow IPC stream and arrow-go's reader.
+// arrow-go sizes allocations from counts in the flatbuffer metadata before
+// checking them against the buffer (a schema claiming 10^10 fields makes it
+// allocate tens of GB: found by FuzzFrames), so every message's metadata is
+// verified here first: every table, vector and string must lie inside the
+// metadata buffer, nesting is bounded, and compressed record batches (which
+// carry their own uncompressed sizes) are refused. Bodies pass through
+// unchanged, streamed.
+type ipcGuard struct {
+	r       io.Reader
+	limit   int64  // largest metadata or body accepted
+	pending []byte // verified prefix+metadata not yet returned
+	body    int64  // body bytes of the current message still to pass through
+	done    bool   // end-of-stream marker seen
+	err     error
+}
+
+const (
+	maxFieldDepth = 64
+	maxFields     = 1 << 16 // fields in one schema, all levels
+)
+
+func newIPCGuard(r io.Reader, limit int64) *ipcGuard { return &ipcGuard{r: r, limit: limit} }
+
+func (g *ipcGuard) Read(p []byte) (int, error) {
+	for {
+		if len(g.pending) > 0 {
+			n := copy(p, g.pending)
+			g.pending = g.pending[n:]
+			return n, nil
+		}
+		if g.body > 0 {
+			if int64(len(p)) > g.body {
+				p = p[:g.body]
+			}
+			n, err := g.r.Read(p)
+			g.body -= int64(n)
+			if err == io.EOF && g.body > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, err
+		}
+		if g.err != nil {
+			return 0, g.err
+		}
+		if g.done {
+			return 0, io.EOF
+		}
+		g.err = g.nextMessage()
+	}
+}
+
+// nextMessage reads and verifies one message prefix and its metadata.
+func (g *ipcGuard) nextMessage() error {
+	var prefix [8]byte
+	if _, err := io.ReadFull(g.r, prefix[:4]); err != nil {
+		if err == io.EOF {
+			return io.EOF
+		}
+		return fmt.Errorf("%w: message prefix: %v", ErrInvalidArrow, err)
+	}
+	hdr := 4
+	size := int32(binary.LittleEndian.Uint32(prefix[:4]))
+	if uint32(size) == 0xFFFFFFFF { // continuation marker, then the length
+		if _, err := io.ReadFull(g.r, prefix[4:8]); err != nil {
+			return fmt.Errorf("%w: message length: %v", ErrInvalidArrow, err)
+		}
+		hdr = 8
+		size = int32(binary.LittleEndian.Uint32(prefix[4:8]))
+	}
+	if size == 0 {
+		g.done = true
+		g.pending = append([]byte(nil), prefix[:hdr]...)
+		return nil
+	}
+	if size < 0 || int64(size) > g.limit {
+		return fmt.Errorf("%w: message metadata of %d bytes (limit %d)", ErrInvalidArrow, size, g.limit)
+	}
+	buf := make([]byte, hdr+int(size))
+	copy(buf, prefix[:hdr])
+	if _, err := io.ReadFull(g.r, buf[hdr:]); err != nil {
+		return fmt.Errorf("%w: message metadata: %v", ErrInvalidArrow, err)
+	}
+	bodyLen, err := verifyMessage(buf[hdr:])
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidArrow, err)
+	}
+	if bodyLen < 0 || bodyLen > g.limit {
+		return fmt.Errorf("%w: message body of %d bytes (limit %d)", ErrInvalidArrow, bodyLen, g.limit)
+	}
+	g.pending, g.body = buf, bodyLen
+	return nil
+}
+
+// fb is a bounds-checked view of one flatbuffer.
+type fb struct {
+	b      []byte
+	fields int
+}
+
+func (f *fb) u32(off int) (uint32, error) {
+	if off < 0 || off+4 > len(f.b) {
+		return 0, fmt.Errorf("flatbuffer offset %d out of range", off)
+	}
+	return binary.LittleEndian.Uint32(f.b[off:]), nil
+}
+
+// table returns the position of the table at uoffset position off.
+func (f *fb) deref(off int) (int, error) {
+	v, err := f.u32(off)
+	if err != nil {
+		return 0, err
+	}
+	t := off + int(v)
+	if v == 0 || t < 0 || t+4 > len(f.b) {
+		return 0, fmt.Errorf("flatbuffer reference %d out of range", t)
+	}
+	return t, nil
+}
+
+// field returns the absolute position of vtable slot i of the table at t,
+// or 0 when the field is absent.
+func (f *fb) field(t, slot int) (int, error) {
+	soff, err := f.u32(t)
+	if err != nil {
+		return 0, err
+	}
+	vt := t - int(int32(soff))
+	if vt < 0 || vt+4 > len(f.b) {
+		return 0, fmt.Errorf("flatbuffer vtable %d out of range", vt)
+	}
+	vtLen := int(binary.LittleEndian.Uint16(f.b[vt:]))
+	if vtLen < 4 || vtLen%2 != 0 || vt+vtLen > len(f.b) {
+		return 0, fmt.Errorf("flatbuffer vtable of %d bytes out of range", vtLen)
+	}
+	pos := 4 + 2*slot
+	if pos+2 > vtLen {
+		return 0, nil
+	}
+	o := int(binary.LittleEndian.Uint16(f.b[vt+pos:]))
+	if o == 0 {
+		return 0, nil
+	}
+	if t+o >= len(f.b) {
+		return 0, fmt.Errorf("flatbuffer field out of range")
+	}
+	return t + o, nil
+}
+
+// vector checks the vector referenced at field position p and returns its
+// element start and length.
+func (f *fb) vector(p, elemSize int) (start, n int, err error) {
+	v, err := f.deref(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	ln, err := f.u32(v)
+	if err != nil {
+		return 0, 0, err
+	}
+	start = v + 4
+	if int64(ln)*int64(elemSize) > int64(len(f.b)-start) {
+		return 0, 0, fmt.Errorf("flatbuffer vector of %d elements does not fit in %d bytes", ln, len(f.b)-start)
+	}
+	return start, int(ln), nil
+}
+
+// tableVector checks a vector of tables and calls fn for each table.
+func (f *fb) tableVector(t, slot int, fn func(tbl int) error) error {
+	p, err := f.field(t, slot)
+	if err != nil || p == 0 {
+		return err
+	}
+	start, n, err := f.vector(p, 4)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		tbl, err := f.deref(start + 4*i)
+		if err != nil {
+			return err
+		}
+		if fn != nil {
+			if err := fn(tbl); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// optVector checks an optional vector (string, bytes, structs) in a table slot.
+func (f *fb) optVector(t, slot, elemSize int) error {
+	p, err := f.field(t, slot)
+	if err != nil || p == 0 {
+		return err
+	}
+	_, _, err = f.vector(p, elemSize)
+	return err
+}
+
+// optTable checks an optional sub-table in a table slot and returns it (0 if absent).
+func (f *fb) optTable(t, slot int) (int, error) {
+	p, err := f.field(t, slot)
+	if err != nil || p == 0 {
+		return 0, err
+	}
+	return f.deref(p)
+}
+
+func (f *fb) keyValues(t, slot int) error {
+	return f.tableVector(t, slot, func(kv int) error {
+		if err := f.optVector(kv, 0, 1); err != nil {
+			return err
+		}
+		return f.optVector(kv, 1, 1)
+	})
+}
+
+// verifyField checks a Field table: name, type table, dictionary, children, metadata.
+func (f *fb) verifyField(t, depth int) error {
+	if depth > maxFieldDepth {
+		return fmt.Errorf("schema nested deeper than %d levels", maxFieldDepth)
+	}
+	f.fields++
+	if f.fields > maxFields {
+		return fmt.Errorf("schema with more than %d fields", maxFields)
+	}
+	if err := f.optVector(t, 0, 1); err != nil { // name
+		return err
+	}
+	if _, err := f.optTable(t, 3); err != nil { // type
+		return err
+	}
+	if d, err := f.optTable(t, 4); err != nil { // dictionary encoding
+		return err
+	} else if d != 0 {
+		if _, err := f.optTable(d, 1); err != nil { // index type
+			return err
+		}
+	}
+	if err := f.tableVector(t, 5, func(c int) error { return f.verifyField(c, depth+1) }); err != nil {
+		return err
+	}
+	return f.keyValues(t, 6)
+}
+
+// verifyRecordBatch checks a RecordBatch table: node counts are not
+// negative, every buffer lies inside the body, and compressed batches are
+// refused.
+func (f *fb) verifyRecordBatch(t int, bodyLen int64) error {
+	if p, err := f.field(t, 0); err != nil {
+		return err
+	} else if p != 0 {
+		if p+8 > len(f.b) || int64(binary.LittleEndian.Uint64(f.b[p:])) < 0 {
+			return fmt.Errorf("record batch length out of range")
+		}
+	}
+	if p, err := f.field(t, 1); err != nil { // nodes: {length, null_count int64}
+		return err
+	} else if p != 0 {
+		start, n, err := f.vector(p, 16)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			ln := int64(binary.LittleEndian.Uint64(f.b[start+16*i:]))
+			nulls := int64(binary.LittleEndian.Uint64(f.b[start+16*i+8:]))
+			if ln < 0 || nulls < 0 || nulls > ln {
+				return fmt.Errorf("field node %d: length %d, null count %d", i, ln, nulls)
+			}
+		}
+	}
+	if p, err := f.field(t, 2); err != nil { // buffers: {offset, length int64}
+		return err
+	} else if p != 0 {
+		start, n, err := f.vector(p, 16)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			off := int64(binary.LittleEndian.Uint64(f.b[start+16*i:]))
+			ln := int64(binary.LittleEndian.Uint64(f.b[start+16*i+8:]))
+			if off < 0 || ln < 0 || off > bodyLen || ln > bodyLen-off {
+				return fmt.Errorf("buffer %d (offset %d, length %d) outside the %d-byte body", i, off, ln, bodyLen)
+			}
+		}
+	}
+	if c, err := f.optTable(t, 3); err != nil {
+		return err
+	} else if c != 0 {
+		return fmt.Errorf("compressed record batches are not accepted on the bridge")
+	}
+	return f.optVector(t, 4, 8) // variadic buffer counts
+}
+
+// verifyMessage checks an IPC Message flatbuffer and returns its body length.
+func verifyMessage(b []byte) (int64, error) {
+	f := &fb{b: b}
+	msg, err := f.deref(0)
+	if err != nil {
+		return 0, err
+	}
+	var headerType byte
+	if p, err := f.field(msg, 1); err != nil {
+		return 0, err
+	} else if p != 0 {
+		headerType = b[p]
+	}
+	var bodyLen int64
+	if p, err := f.field(msg, 3); err != nil {
+		return 0, err
+	} else if p != 0 {
+		if p+8 > len(b) {
+			return 0, fmt.Errorf("message bodyLength out of range")
+		}
+		bodyLen = int64(binary.LittleEndian.Uint64(b[p:]))
+	}
+	if err := f.keyValues(msg, 4); err != nil {
+		return 0, err
+	}
+	hdr, err := f.optTable(msg, 2)
+	if err != nil {
+		return 0, err
+	}
+	switch headerType {
+	case 1: // Schema
+		if hdr == 0 {
+			return 0, fmt.Errorf("schema message without a schema")
+		}
+		if err := f.tableVector(hdr, 1, func(t int) error { return f.verifyField(t, 0) }); err != nil {
+			return 0, err
+		}
+		if err := f.keyValues(hdr, 2); err != nil {
+			return 0, err
+		}
+		if err := f.optVector(hdr, 3, 8); err != nil {
+			return 0, err
+		}
+	case 2: // DictionaryBatch
+		if hdr == 0 {
+			return 0, fmt.Errorf("dictionary message without a header")
+		}
+		rb, err := f.optTable(hdr, 1)
+		if err != nil {
+			return 0, err
+		}
+		if rb != 0 {
+			if err := f.verifyRecordBatch(rb, bodyLen); err != nil {
+				return 0, err
+			}
+		}
+	case 3: // RecordBatch
+		if hdr == 0 {
+			return 0, fmt.Errorf("record batch message without a header")
+		}
+		if err := f.verifyRecordBatch(hdr, bodyLen); err != nil {
+			return 0, err
+		}
+	default:
+		return 0, fmt.Errorf("unexpected IPC message type %d", headerType)
+	}
+	return bodyLen, nil
+}
