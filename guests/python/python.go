@@ -43,7 +43,7 @@ const (
 	DefaultIdleTimeout    = 60 * time.Second
 	DefaultKillGrace      = 5 * time.Second
 	DefaultExitTimeout    = 10 * time.Second
-	DefaultMaxBatchBytes  = 64 << 20
+	DefaultMaxBatchBytes  = 16 << 20
 	DefaultStderrTail     = 20
 	maxLogLine            = 64 << 10
 )
@@ -65,7 +65,8 @@ type Config struct {
 	ExitTimeout time.Duration
 	// Limits caps frame sizes (defaults of the bridge package).
 	Limits bridge.Limits
-	// MaxBatchBytes is the SDK's target size of one BATCH frame. Default 64 MiB.
+	// MaxBatchBytes is the SDK's target size of one BATCH frame. Default 16 MiB:
+	// big tables arrive as several frames, so decoding one overlaps sinking the last.
 	MaxBatchBytes int64
 	// Env adds KEY=VALUE entries to the guest's reduced environment.
 	Env []string
@@ -459,12 +460,52 @@ func checkPeer(c *net.UnixConn, pid int) error {
 	return nil
 }
 
-// session reads frames until END or ERROR and waits for a clean exit.
+// batch is one decoded record on its way from the frame reader to Emit.
+type batch struct {
+	topic string
+	rec   arrow.RecordBatch // retained by the reader, released by the emitter
+}
+
+// errStopped tells the frame reader that the emitter gave up.
+var errStopped = errors.New("emitter stopped")
+
+// session reads frames until END or ERROR and waits for a clean exit. Frames
+// are read and decoded on one goroutine while the batches are emitted (sunk)
+// on this one, so decoding the next batch overlaps writing the current one;
+// at most three batches are in memory at once.
 func (p *proc) session(ctx context.Context, conn *net.UnixConn, in guest.Input, out guest.Output) error {
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
+
+	batches := make(chan batch, 1)
+	quit := make(chan struct{})
+	result := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		result <- p.readFrames(ctx, conn, out, batches, quit)
+	}()
+	var emitErr error
+	for b := range batches {
+		if emitErr == nil {
+			if emitErr = out.Emit(ctx, b.topic, b.rec); emitErr != nil {
+				close(quit)
+				conn.SetReadDeadline(time.Unix(1, 0))
+			}
+		}
+		b.rec.Release()
+	}
+	err := <-result
+	if emitErr != nil {
+		return guest.AsError(emitErr, guest.ErrSink)
+	}
+	return err
+}
+
+// readFrames reads the session's frames, sending decoded batches to batches
+// and handling the other frames itself.
+func (p *proc) readFrames(ctx context.Context, conn *net.UnixConn, out guest.Output, batches chan<- batch, quit <-chan struct{}) error {
 	lim := limitsOf(p.cfg)
-	r := bridge.NewReader(bufio.NewReaderSize(&idleReader{c: conn, idle: p.cfg.IdleTimeout}, 1<<20), lim)
+	r := bridge.NewReader(bufio.NewReaderSize(&idleReader{c: conn, idle: p.cfg.IdleTimeout, ctx: ctx, quit: quit}, 1<<20), lim)
 
 	readErr := func(err error, during string) error {
 		if ctx.Err() != nil {
@@ -495,6 +536,9 @@ func (p *proc) session(ctx context.Context, conn *net.UnixConn, in guest.Input, 
 
 	f, err := r.Next()
 	if err != nil {
+		if errors.Is(err, errStopped) {
+			return err
+		}
 		return readErr(err, "before HELLO")
 	}
 	if f.Type != bridge.FrameHello {
@@ -514,20 +558,31 @@ func (p *proc) session(ctx context.Context, conn *net.UnixConn, in guest.Input, 
 	for {
 		f, err := r.Next()
 		if err != nil {
+			if errors.Is(err, errStopped) {
+				return err
+			}
 			return readErr(err, "in mid-stream")
 		}
 		switch f.Type {
 		case bridge.FrameBatch:
 			topic := f.Topic
-			var emitErr error
 			_, err := bridge.ReadIPC(f.Body, int64(f.Len), mem, func(rec arrow.RecordBatch) error {
-				emitErr = out.Emit(ctx, topic, rec)
-				return emitErr
+				rec.Retain()
+				select {
+				case batches <- batch{topic: topic, rec: rec}:
+					return nil
+				case <-quit:
+					rec.Release()
+					return errStopped
+				case <-ctx.Done():
+					rec.Release()
+					return ctx.Err()
+				}
 			})
-			if emitErr != nil {
-				return guest.AsError(emitErr, guest.ErrSink)
-			}
 			if err != nil {
+				if errors.Is(err, errStopped) {
+					return err
+				}
 				if ctx.Err() != nil {
 					return ctxError(ctx, "in mid-stream")
 				}
@@ -688,14 +743,36 @@ func ctxError(ctx context.Context, during string) *guest.Error {
 	return &guest.Error{Kind: guest.ErrCancelled, ExitCode: -1, Message: "job cancelled " + during, Err: context.Cause(ctx)}
 }
 
-// idleReader applies the idle timeout to every read.
+// idleReader applies the idle timeout to every read and stops reading once
+// ctx is done or quit is closed. (Whoever cancels also sets a past read
+// deadline to unblock a read in progress; checking again after setting the
+// idle deadline makes sure that one is never overwritten unnoticed.)
 type idleReader struct {
 	c    *net.UnixConn
 	idle time.Duration
+	ctx  context.Context
+	quit <-chan struct{}
+}
+
+func (r *idleReader) stopped() error {
+	select {
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	case <-r.quit:
+		return errStopped
+	default:
+		return nil
+	}
 }
 
 func (r *idleReader) Read(b []byte) (int, error) {
+	if err := r.stopped(); err != nil {
+		return 0, err
+	}
 	if err := r.c.SetReadDeadline(time.Now().Add(r.idle)); err != nil {
+		return 0, err
+	}
+	if err := r.stopped(); err != nil {
 		return 0, err
 	}
 	return r.c.Read(b)

@@ -550,3 +550,38 @@ func TestBridgeConstantsMatchSDK(t *testing.T) {
 	}
 	_ = bridge.ProtocolVersion
 }
+
+// Cancellation reaches a plugin that streams without pause (no idle read to
+// interrupt), and the batches in flight are released (checked allocator).
+func TestCancelWhileStreaming(t *testing.T) {
+	e := newEnv(t, func(cfg *python.Config) { cfg.KillGrace = 500 * time.Millisecond })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	path := filepath.Join(e.dir, "plugin.py")
+	os.WriteFile(path, []byte(`
+import pyarrow as pa
+class Handler:
+    def execute(self, path):
+        t = pa.Table.from_arrays([pa.array(range(10000))], names=["x"])
+        while True:
+            yield t
+`), 0o644)
+	inst, err := e.rt.Load(ctx, guest.Plugin{Name: "p", Kind: guest.KindPython, Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	rec := &testenv.Recorder{EmitHook: func(string, arrow.RecordBatch) error {
+		if n++; n == 50 {
+			cancel()
+		}
+		return nil
+	}}
+	defer rec.Release()
+	start := time.Now()
+	err = inst.Run(ctx, guest.Input{JobID: 1, Path: e.in}, rec)
+	mustGuestError(t, err, guest.ErrCancelled)
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("cancel took %s", d)
+	}
+}

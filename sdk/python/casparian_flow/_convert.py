@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import SchemaError
 
@@ -162,6 +161,8 @@ def _convert_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
     cast produces invalid offsets, so it is rebuilt here)."""
     t = arr.type
     if _is_list_view(t) or _is_large_list_view(t):
+        import pyarrow.compute as pc  # lazily: importing it costs ~60 ms per job
+
         values = pc.list_flatten(arr)  # the views' values in row order, nulls dropped
         values = _convert_array(values, target.value_type)
         sizes = pc.fill_null(pc.list_value_length(arr), 0).cast(pa.int64())
