@@ -110,7 +110,8 @@ type Receipt struct {
 	Status string
 	// Rows counts committed rows per topic.
 	Rows map[string]int64
-	// Artifacts lists the committed outputs, sorted by topic.
+	// Artifacts lists the committed outputs in commit order: Parquet topics
+	// first, then SQLite ones, each group sorted by topic.
 	Artifacts []sink.Artifact
 	Duration  time.Duration
 	// Err is nil on success, else an error whose text starts with "[Job N]".

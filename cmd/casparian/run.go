@@ -132,10 +132,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
+	// Job ids number the inputs in order. There is no file-version registry in
+	// `casparian run`, so file_version_id (event.file_id, _file_version_id) is 0.
 	jobs := make([]host.Job, len(inputs))
 	stems := fileStems(inputs)
 	for i, in := range inputs {
-		jobs[i] = host.Job{ID: int64(i + 1), FileVersionID: int64(i + 1), InputPath: in, Plugin: plugin, Sinks: sinks, FileStem: stems[i]}
+		jobs[i] = host.Job{ID: int64(i + 1), InputPath: in, Plugin: plugin, Sinks: sinks, FileStem: stems[i]}
 	}
 
 	start := time.Now()

@@ -230,10 +230,10 @@ func printSummary(w io.Writer, plugin guest.Plugin, outDir string, jobs []host.J
 			width = max(width, len(t))
 		}
 		sort.Strings(topics)
-		fmt.Fprintf(w, "%-*s  %12s  %13s\n", width, "TOPIC", "ROWS", "PARQUET FILES")
+		fmt.Fprintf(w, "%-*s  %12s  %8s\n", width, "TOPIC", "ROWS", "OUTPUTS")
 		var total int64
 		for _, t := range topics {
-			fmt.Fprintf(w, "%-*s  %12d  %13d\n", width, t, stats[t].rows, stats[t].files)
+			fmt.Fprintf(w, "%-*s  %12d  %8d\n", width, t, stats[t].rows, stats[t].files)
 			total += stats[t].rows
 		}
 		fmt.Fprintf(w, "%-*s  %12d\n", width, "total", total)
