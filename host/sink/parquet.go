@@ -77,7 +77,7 @@ type parquetWriter struct {
 
 	f   *os.File
 	out *switchWriter // f behind a buffer; switched to io.Discard on Abort
-	fw  *pqarrow.FileWriter
+	fw  pqFileWriter  // *flatFileWriter for flat schemas, else *pqarrow.FileWriter
 
 	inSchema  *arrow.Schema // the topic's schema as the guest sends it
 	outSchema *arrow.Schema // inSchema + lineage columns
@@ -186,12 +186,20 @@ func (w *parquetWriter) start(first arrow.RecordBatch) error {
 	props := parquet.NewWriterProperties(popts...)
 	arrOpts := []pqarrow.WriterOption{pqarrow.WithAllocator(w.o.Allocator)}
 	fwSchema := w.outSchema
-	if w.physSchema == nil {
+	storeSchema := w.physSchema == nil
+	if storeSchema {
 		arrOpts = append(arrOpts, pqarrow.WithStoreSchema())
 	} else {
 		fwSchema = w.physSchema
 	}
-	fw, err := pqarrow.NewFileWriter(fwSchema, w.out, props, pqarrow.NewArrowWriterProperties(arrOpts...))
+	arrProps := pqarrow.NewArrowWriterProperties(arrOpts...)
+	var fw pqFileWriter
+	flat, err := w.newFlat(fwSchema, props, arrProps, storeSchema)
+	if flat != nil {
+		fw = flat
+	} else if err == nil {
+		fw, err = pqarrow.NewFileWriter(fwSchema, w.out, props, arrProps)
+	}
 	if err != nil {
 		if w.out.err != nil {
 			return ioErr(w.t, "open parquet writer", w.out.err)
@@ -218,6 +226,15 @@ func (w *parquetWriter) start(first arrow.RecordBatch) error {
 }
 
 const arrowSchemaKey = "ARROW:schema"
+
+// newFlat returns the parallel writer for a flat schema, or nil (and no
+// error) when the schema is nested or sequential columns are asked for.
+func (w *parquetWriter) newFlat(sc *arrow.Schema, props *parquet.WriterProperties, arrProps pqarrow.ArrowWriterProperties, storeSchema bool) (*flatFileWriter, error) {
+	if w.o.sequentialColumns {
+		return nil, nil
+	}
+	return newFlatFileWriter(sc, w.out, props, arrProps, storeSchema)
+}
 
 func (w *parquetWriter) Rows() int64 {
 	w.mu.Lock()

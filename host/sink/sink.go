@@ -106,6 +106,11 @@ type Options struct {
 	// SQLiteBusyTimeout is how long a SQLite commit waits for another writer
 	// to release the target database; 0 means 30s.
 	SQLiteBusyTimeout time.Duration
+
+	// sequentialColumns makes the Parquet sink encode columns one after
+	// another through pqarrow.FileWriter even for flat schemas (tests compare
+	// the two paths).
+	sequentialColumns bool
 }
 
 // Defaults applied to zero-valued Options fields.
