@@ -33,7 +33,7 @@ $(VENV)/.stamp: requirements-dev.txt sdk/python/pyproject.toml
 	@touch $@
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/casparian
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN) ./cmd/casparian
 
 test: venv test-go test-python
 
