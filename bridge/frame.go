@@ -71,7 +71,8 @@ type Limits struct {
 	MaxMessage uint32
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults returns l with its zero fields set to the defaults.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxBatchFrame == 0 {
 		l.MaxBatchFrame = DefaultMaxBatchFrame
 	}
@@ -159,7 +160,7 @@ type Reader struct {
 
 // NewReader returns a Reader with the given limits (zero fields = defaults).
 func NewReader(r io.Reader, lim Limits) *Reader {
-	return &Reader{r: r, lim: lim.withDefaults()}
+	return &Reader{r: r, lim: lim.WithDefaults()}
 }
 
 // Next reads the next frame. io.EOF means the stream ended cleanly between

@@ -265,7 +265,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	spec := jobSpec{
 		Socket: sock, PluginPath: pluginPath, PluginName: i.name, InputPath: inputPath,
 		JobID: in.JobID, FileVersionID: in.FileVersionID, Config: in.Config,
-		MaxBatchBytes: cfg.MaxBatchBytes, MaxFrameBytes: int64(limitsOf(cfg).MaxBatchFrame),
+		MaxBatchBytes: cfg.MaxBatchBytes, MaxFrameBytes: int64(cfg.Limits.WithDefaults().MaxBatchFrame),
 	}
 	if spec.Config == nil {
 		spec.Config = map[string]any{}
@@ -300,17 +300,6 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	ln.Close()
 
 	return p.session(ctx, conn, in, out)
-}
-
-func limitsOf(cfg Config) bridge.Limits {
-	l := cfg.Limits
-	if l.MaxBatchFrame == 0 {
-		l.MaxBatchFrame = bridge.DefaultMaxBatchFrame
-	}
-	if l.MaxMessage == 0 {
-		l.MaxMessage = bridge.DefaultMaxMessage
-	}
-	return l
 }
 
 // proc is one running shim process.
@@ -504,7 +493,7 @@ func (p *proc) session(ctx context.Context, conn *net.UnixConn, in guest.Input, 
 // readFrames reads the session's frames, sending decoded batches to batches
 // and handling the other frames itself.
 func (p *proc) readFrames(ctx context.Context, conn *net.UnixConn, out guest.Output, batches chan<- batch, quit <-chan struct{}) error {
-	lim := limitsOf(p.cfg)
+	lim := p.cfg.Limits.WithDefaults()
 	r := bridge.NewReader(bufio.NewReaderSize(&idleReader{c: conn, idle: p.cfg.IdleTimeout, ctx: ctx, quit: quit}, 1<<20), lim)
 
 	readErr := func(err error, during string) error {
