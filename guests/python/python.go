@@ -77,7 +77,9 @@ type Config struct {
 	StderrTail int
 	// Allocator allocates decoded Arrow data. Default memory.DefaultAllocator.
 	Allocator memory.Allocator
-	// Logger receives the runtime's own diagnostics. nil discards them.
+	// Logger receives the runtime's own diagnostics (process start and end at
+	// debug level). Plugin output goes to the guest.Output instead. nil
+	// discards them.
 	Logger *slog.Logger
 }
 
@@ -286,7 +288,8 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	ln.SetUnlinkOnClose(true)
 	defer ln.Close()
 
-	p := &proc{cfg: cfg, sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail)}
+	p := &proc{cfg: cfg, sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail),
+		log: cfg.Logger.With("job_id", in.JobID, "plugin", i.name, "guest", string(guest.KindPython))}
 	if err := p.start(dir, specPath); err != nil {
 		return err
 	}
@@ -305,6 +308,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 // proc is one running shim process.
 type proc struct {
 	cfg     Config
+	log     *slog.Logger
 	sdkDir  string
 	out     guest.Output
 	tail    *tail
@@ -313,6 +317,7 @@ type proc struct {
 	exited  chan struct{} // closed when the process has been reaped
 	drained chan struct{} // closed when stdout and stderr hit EOF
 	state   *os.ProcessState
+	started time.Time
 }
 
 func (p *proc) start(dir, specPath string) error {
@@ -343,6 +348,8 @@ func (p *proc) start(dir, specPath string) error {
 			ExitCode: -1, Err: err, Hint: "check that the Python interpreter exists and is executable"}
 	}
 	p.cmd = cmd
+	p.started = time.Now()
+	p.log.Debug("guest process started", "pid", cmd.Process.Pid, "python", p.cfg.Python)
 	p.pipes = []*os.File{outR, errR}
 	p.exited = make(chan struct{})
 	p.drained = make(chan struct{})
@@ -722,6 +729,7 @@ func (p *proc) cleanup() {
 	for _, f := range p.pipes {
 		f.Close()
 	}
+	p.log.Debug("guest process ended", "pid", pgid, "state", p.state.String(), "duration", time.Since(p.started).Round(time.Millisecond))
 }
 
 func ctxError(ctx context.Context, during string) *guest.Error {
