@@ -3,7 +3,7 @@
 #   make test    everything a user relies on (Go with -race, Python SDK, end to end)
 #   make bench   Parquet sink and Python bridge vs pyarrow, side by side
 #   make fuzz    the decoders' fuzz targets, briefly
-#   make lint    gofmt + go vet
+#   make lint    gofmt + go vet + staticcheck (pinned)
 #   make build   bin/casparian (static, CGO_ENABLED=0)
 #   make clean   remove build and demo outputs (make distclean also removes .venv)
 
@@ -55,9 +55,12 @@ bench: build venv
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./bridge
 
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
