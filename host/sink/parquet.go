@@ -93,6 +93,23 @@ type parquetWriter struct {
 	state    writerState
 }
 
+// removeStaleTemps deletes the temporary files an earlier attempt of the same
+// job left for the same final file when its process died before commit or
+// abort (the original system's "delete stale staging on start"). Errors are
+// ignored: a leftover is harmless, only untidy.
+func removeStaleTemps(dir, name string, jobID int64) {
+	prefix := fmt.Sprintf(".%s.tmp-%d-", name, jobID)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), prefix) {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
 func openParquet(t Target, o Options, loc location) (*parquetWriter, error) {
 	codecName := o.Compression
 	if loc.compression != "" {
@@ -106,6 +123,7 @@ func openParquet(t Target, o Options, loc location) (*parquetWriter, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, ioErr(t, "open parquet sink", fmt.Errorf("create directory: %w", err))
 	}
+	removeStaleTemps(dir, name, t.JobID)
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, sinkErr(fmt.Errorf("open parquet sink: %w", err))

@@ -661,3 +661,25 @@ func benchRecord(mem memory.Allocator, n int) arrow.RecordBatch {
 	}
 	return array.NewRecordBatch(arrow.NewSchema(fields, nil), cols, int64(n))
 }
+
+// A temp file left by a crashed earlier attempt of the same job is removed
+// when the job writes the same output again; other jobs' files are not.
+func TestParquetStaleTempsRemoved(t *testing.T) {
+	mem := checkedMem(t)
+	dir := t.TempDir()
+	stale := []string{".x_3.parquet.tmp-3-0123456789ab", ".x_3.parquet.tmp-3-ba9876543210"}
+	other := ".x_4.parquet.tmp-4-0123456789ab"
+	for _, n := range append(stale, other) {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("partial"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := mustOpen(t, Target{URI: "parquet://x.parquet", OutputDir: dir, JobID: 3, Topic: "t"}, Options{Allocator: mem})
+	rec := int64Record(mem, "v", 5, func(i int) int64 { return int64(i) })
+	mustWrite(t, w, rec)
+	rec.Release()
+	mustCommit(t, w)
+	if got := listDir(t, dir); !slices.Equal(got, []string{other, "x_3.parquet"}) {
+		t.Fatalf("directory holds %v", got)
+	}
+}
