@@ -119,6 +119,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		defer rt.Close(context.Background())
+		versions, err := rt.Preflight(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "casparian run: %v\n", err)
+			return 1
+		}
+		logger.Debug("python guest ready", "python", rt.Interpreter(), "versions", versions)
 		runtimes[guest.KindPython] = rt
 	}
 	h, err := host.New(host.Config{Runtimes: runtimes, OutputDir: f.output, JobTimeout: f.timeout, Logger: logger,

@@ -858,3 +858,24 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// Preflight checks once that the interpreter runs, is Python 3.10 or newer
+// and can import pyarrow, so a misconfigured host fails at start with one
+// clear message instead of failing every job. It returns the versions found.
+func (r *Runtime) Preflight(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
+	defer cancel()
+	const probe = "import sys; v = sys.version_info; sys.exit(f'Python {v[0]}.{v[1]} is too old: 3.10+ is needed') if v < (3, 10) else None; " +
+		"import pyarrow; print(f'Python {v[0]}.{v[1]}.{v[2]}, pyarrow {pyarrow.__version__}')"
+	cmd := exec.CommandContext(ctx, r.cfg.Python, "-I", "-c", probe)
+	cmd.Env = guestEnv(os.TempDir(), r.cfg.Env)
+	out, err := cmd.CombinedOutput()
+	text := strings.TrimSpace(string(out))
+	if err != nil {
+		lines := strings.Split(text, "\n")
+		last := lines[len(lines)-1]
+		hint := "point --python (or $CASPARIAN_PYTHON) at an interpreter with pyarrow; `make venv` creates one in .venv"
+		return "", fmt.Errorf("python guest: %s cannot run plugins: %s\n%s", r.cfg.Python, last, hint)
+	}
+	return text, nil
+}

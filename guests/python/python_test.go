@@ -585,3 +585,19 @@ class Handler:
 		t.Errorf("cancel took %s", d)
 	}
 }
+
+func TestPreflight(t *testing.T) {
+	e := newEnv(t, nil)
+	v, err := e.rt.Preflight(context.Background())
+	if err != nil || !strings.Contains(v, "pyarrow ") {
+		t.Fatalf("preflight with the project venv: %q, %v", v, err)
+	}
+	dir := t.TempDir()
+	sh := filepath.Join(dir, "python")
+	os.WriteFile(sh, []byte("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'pyarrow'\" >&2\nexit 1\n"), 0o755)
+	bad := newEnv(t, func(cfg *python.Config) { cfg.Python = sh })
+	_, err = bad.rt.Preflight(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "No module named 'pyarrow'") || !strings.Contains(err.Error(), "make venv") {
+		t.Fatalf("preflight error = %v", err)
+	}
+}
