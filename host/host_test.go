@@ -3,10 +3,12 @@ package host_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -252,5 +254,79 @@ func TestSQLiteSink(t *testing.T) {
 	n := testenv.SQLiteCount(t, db, "lines")
 	if n != 4 {
 		t.Fatalf("sqlite rows = %d, want 4 (two jobs appended)", n)
+	}
+}
+
+// captureHandler records slog records with their attributes flattened.
+type captureHandler struct {
+	mu    *sync.Mutex
+	attrs []slog.Attr
+	recs  *[]map[string]string
+}
+
+func (h captureHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h captureHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return captureHandler{mu: h.mu, attrs: append(append([]slog.Attr{}, h.attrs...), as...), recs: h.recs}
+}
+func (h captureHandler) WithGroup(string) slog.Handler { return h }
+func (h captureHandler) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]string{"msg": r.Message, "level": r.Level.String()}
+	for _, a := range h.attrs {
+		m[a.Key] = a.Value.String()
+	}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	h.mu.Lock()
+	*h.recs = append(*h.recs, m)
+	h.mu.Unlock()
+	return nil
+}
+
+// Plugin output (print, stderr, logging) reaches the host's logger as
+// structured records carrying the job id, plugin and guest kind.
+func TestPluginLogsAreStructured(t *testing.T) {
+	var recs []map[string]string
+	mu := &sync.Mutex{}
+	logger := slog.New(captureHandler{mu: mu, recs: &recs})
+	rt, err := python.New(python.Config{Python: testenv.Python(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close(context.Background())
+	h, err := host.New(host.Config{Runtimes: map[guest.Kind]guest.Runtime{guest.KindPython: rt}, OutputDir: t.TempDir(), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	plugin := filepath.Join(dir, "chatty.py")
+	os.WriteFile(plugin, []byte(`
+import logging, sys
+class Handler:
+    def execute(self, path):
+        print("to stdout")
+        print("to stderr", file=sys.stderr)
+        logging.getLogger("chatty").warning("via logging")
+`), 0o644)
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("x"), 0o644)
+	rc := h.Run(context.Background(), host.Job{ID: 77, InputPath: in, Plugin: guest.Plugin{Name: "chatty", Kind: guest.KindPython, Path: plugin}})
+	if rc.Err != nil {
+		t.Fatal(rc.Err)
+	}
+	want := map[string]string{"to stdout": "stdout", "to stderr": "stderr", "via logging": "sdk"}
+	mu.Lock()
+	defer mu.Unlock()
+	for msg, stream := range want {
+		found := false
+		for _, r := range recs {
+			if r["msg"] == msg {
+				found = true
+				if r["job_id"] != "77" || r["plugin"] != "chatty" || r["guest"] != "python" || r["stream"] != stream {
+					t.Errorf("record %v lacks job_id=77 plugin=chatty guest=python stream=%s", r, stream)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no log record %q among %v", msg, recs)
+		}
 	}
 }
