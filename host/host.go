@@ -187,6 +187,18 @@ func (h *Host) run(ctx context.Context, job Job, rc *Receipt) error {
 		}
 	}
 
+	if job.Plugin.Hash == "" { // provenance names the exact plugin artifact
+		switch {
+		case job.Plugin.Source != nil:
+			sum := sha256.Sum256(job.Plugin.Source)
+			job.Plugin.Hash = hex.EncodeToString(sum[:])
+		case job.Plugin.Path != "":
+			if job.Plugin.Hash, err = hashFile(job.Plugin.Path); err != nil {
+				return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Message: fmt.Sprintf("read plugin %s: %v", job.Plugin.Path, err),
+					Hint: "check the plugin path", Err: err}
+			}
+		}
+	}
 	inst, err := rt.Load(ctx, job.Plugin)
 	if err != nil {
 		return err

@@ -116,6 +116,9 @@ func TestRunCommitsEachTopic(t *testing.T) {
 	}
 	defer rdr.Close()
 	kv := rdr.MetaData().KeyValueMetadata()
+	if h := kv.FindValue("casparian.plugin_hash"); h == nil || len(*h) != 64 {
+		t.Errorf("provenance casparian.plugin_hash = %v, want the plugin's SHA-256", h)
+	}
 	for k, v := range map[string]string{"casparian.plugin": "plug", "casparian.plugin_version": "1.2.3", "casparian.job_id": "5", "casparian.input_path": in} {
 		if got := kv.FindValue(k); got == nil || *got != v {
 			t.Errorf("provenance %s = %v, want %q", k, got, v)
