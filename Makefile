@@ -54,6 +54,8 @@ bench: build venv
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./bridge
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshal$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
