@@ -1,0 +1,559 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+)
+
+// Job statuses (cf_processing_queue.status). See docs/JOB_STATES.md.
+const (
+	StatusPending   = "PENDING"   // never dispatched (held); Enqueue does not write it
+	StatusQueued    = "QUEUED"    // waiting; claimable once next_attempt_at is due
+	StatusRunning   = "RUNNING"   // claimed under a lease by lease_owner at attempt
+	StatusCompleted = "COMPLETED" // terminal: SUCCESS receipt
+	StatusFailed    = "FAILED"    // terminal: non-retriable failure or retries exhausted
+	StatusSkipped   = "SKIPPED"   // unused, kept for the original's enum
+)
+
+// Statuses lists every job status, in lifecycle order.
+var Statuses = []string{StatusPending, StatusQueued, StatusRunning, StatusCompleted, StatusFailed, StatusSkipped}
+
+// ReceiptStatus is a worker's verdict on one attempt (JobReceipt.status).
+type ReceiptStatus string
+
+// Receipt statuses.
+const (
+	ReceiptSuccess  ReceiptStatus = "SUCCESS"
+	ReceiptFailed   ReceiptStatus = "FAILED"
+	ReceiptRejected ReceiptStatus = "REJECTED"
+	ReceiptAborted  ReceiptStatus = "ABORTED"
+)
+
+// Outcome is what Conclude records for an attempt.
+type Outcome struct {
+	Status ReceiptStatus
+	// Retriable: for FAILED, requeue with backoff (until MaxRetries) instead
+	// of failing terminally.
+	Retriable bool
+	// Requeue: for ABORTED, requeue with backoff (until MaxRetries) instead
+	// of failing terminally.
+	Requeue bool
+	// Error is the failure message (ignored for SUCCESS).
+	Error string
+	// Metrics and Artifacts of a SUCCESS are stored as JSON in result_json.
+	Metrics   map[string]int64
+	Artifacts []map[string]string
+}
+
+// Claimed is a job handed to a worker by Claim.
+type Claimed struct {
+	ID              int64
+	Attempt         int64 // fencing token: pass it back to ExtendLease and Conclude
+	FileVersionID   int64
+	PluginName      string
+	Priority        int64
+	ConfigOverrides string // JSON text, "" when NULL
+	RetryCount      int64  // requeues so far
+	LeaseOwner      string
+	LeaseExpiresAt  time.Time
+}
+
+// Transition describes one status change made by Conclude, ReapExpired or
+// ReleaseWorker.
+type Transition struct {
+	ID            int64
+	Attempt       int64  // the attempt that ended
+	Owner         string // lease owner of that attempt
+	From, To      string // statuses
+	RetryCount    int64  // after the change
+	NextAttemptAt time.Time
+	Error         string // error recorded (last_error, or error_message when terminal)
+}
+
+// Backoff is the delay before retry n (n >= 1): d = min(max, base*2^(n-1)),
+// result = d/2 + jitter*d/2 with jitter in [0,1), so it lies in [d/2, d).
+func Backoff(n int, base, max time.Duration, jitter float64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	if d > max || d <= 0 {
+		d = max
+	}
+	return d/2 + time.Duration(jitter*float64(d/2))
+}
+
+// Enqueue inserts a QUEUED job, due immediately, and returns its id.
+// configOverrides is JSON text or "" (NULL). Ids are max(id)+1 and never
+// exceed Options.MaxJobID (ErrJobIDExhausted); SQLite's random rowid
+// fallback at 2^63-1 is never reached.
+func (s *Store) Enqueue(ctx context.Context, fileVersionID int64, pluginName string, priority int64, configOverrides string) (int64, error) {
+	if pluginName == "" {
+		return 0, errors.New("enqueue: empty plugin name")
+	}
+	if configOverrides != "" && !json.Valid([]byte(configOverrides)) {
+		return 0, errors.New("enqueue: config overrides are not valid JSON")
+	}
+	var id int64
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var maxID sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT max(id) FROM cf_processing_queue`).Scan(&maxID); err != nil {
+			return err
+		}
+		if maxID.Int64 >= s.opts.MaxJobID {
+			return fmt.Errorf("%w: last id %d, max %d", ErrJobIDExhausted, maxID.Int64, s.opts.MaxJobID)
+		}
+		id = maxID.Int64 + 1
+		_, err := tx.ExecContext(ctx, `INSERT INTO cf_processing_queue
+			(id, file_version_id, plugin_name, config_overrides, status, priority, retry_count, attempt)
+			VALUES (?, ?, ?, ?, 'QUEUED', ?, 0, 0)`,
+			id, fileVersionID, pluginName, nullStr(configOverrides), priority)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("enqueue: %w", err)
+	}
+	return id, nil
+}
+
+// Claim atomically takes the QUEUED job with the highest priority, then the
+// lowest id, whose next_attempt_at is due and whose plugin is in
+// capabilities ("*" matches every plugin). A job no capability matches is
+// skipped, not waited on, so it cannot block the queue. The job becomes
+// RUNNING with attempt+1, claim_time, lease_owner=workerID and
+// lease_expires_at=now+lease, in one BEGIN IMMEDIATE transaction. It
+// returns (nil, nil) when nothing is claimable.
+func (s *Store) Claim(ctx context.Context, workerID string, capabilities []string, lease time.Duration) (*Claimed, error) {
+	if workerID == "" {
+		return nil, errors.New("claim: empty worker id")
+	}
+	if lease <= 0 {
+		return nil, fmt.Errorf("claim: lease must be positive, got %v", lease)
+	}
+	all := false
+	var names []string
+	seen := map[string]bool{}
+	for _, c := range capabilities {
+		if c == "*" {
+			all = true
+		}
+		if c != "" && !seen[c] {
+			seen[c] = true
+			names = append(names, c)
+		}
+	}
+	if !all && len(names) == 0 {
+		return nil, nil
+	}
+	now := s.now()
+	nowS := fmtTime(now)
+	exp := now.Add(lease)
+	args := []any{nowS, workerID, fmtTime(exp), truncate(workerID, 100), nowS}
+	filter := ""
+	if !all {
+		filter = " AND plugin_name IN (?" + strings.Repeat(",?", len(names)-1) + ")"
+		for _, n := range names {
+			args = append(args, n)
+		}
+	}
+	q := `UPDATE cf_processing_queue SET status = 'RUNNING', claim_time = ?, attempt = attempt + 1,
+		lease_owner = ?, lease_expires_at = ?, worker_host = ?, end_time = NULL
+		WHERE id = (SELECT id FROM cf_processing_queue
+			WHERE status = 'QUEUED' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)` + filter + `
+			ORDER BY priority DESC, id ASC LIMIT 1)
+		AND status = 'QUEUED'
+		RETURNING id, attempt, file_version_id, plugin_name, coalesce(priority, 0),
+			coalesce(config_overrides, ''), coalesce(retry_count, 0)`
+	var c *Claimed
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var got Claimed
+		err := tx.QueryRowContext(ctx, q, args...).Scan(&got.ID, &got.Attempt, &got.FileVersionID,
+			&got.PluginName, &got.Priority, &got.ConfigOverrides, &got.RetryCount)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		got.LeaseOwner = workerID
+		got.LeaseExpiresAt = exp
+		c = &got
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return c, nil
+}
+
+// ExtendLease moves the lease of a RUNNING attempt to now+lease (a
+// heartbeat). It returns ErrStaleAttempt when (id, attempt, workerID) no
+// longer owns the job.
+func (s *Store) ExtendLease(ctx context.Context, id, attempt int64, workerID string, lease time.Duration) (time.Time, error) {
+	if lease <= 0 {
+		return time.Time{}, fmt.Errorf("extend lease of job %d: lease must be positive, got %v", id, lease)
+	}
+	exp := s.now().Add(lease)
+	var n int64
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE cf_processing_queue SET lease_expires_at = ?
+			WHERE id = ? AND status = 'RUNNING' AND attempt = ? AND lease_owner = ?`,
+			fmtTime(exp), id, attempt, workerID)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("extend lease of job %d: %w", id, err)
+	}
+	if n == 0 {
+		return time.Time{}, fmt.Errorf("extend lease of job %d attempt %d by %s: %w", id, attempt, workerID, ErrStaleAttempt)
+	}
+	return exp, nil
+}
+
+// Conclude records the outcome of attempt `attempt` of job id. It is
+// fenced: it applies only while the job is RUNNING at that attempt;
+// otherwise it returns ErrStaleAttempt (or ErrJobNotFound) and changes
+// nothing.
+//
+//   - SUCCESS → COMPLETED (end_time, result_summary "Success", result_json).
+//   - FAILED, retriable → QUEUED with backoff, or FAILED once retries are exhausted.
+//   - FAILED, not retriable → FAILED.
+//   - REJECTED → QUEUED with backoff, or FAILED once retries are exhausted.
+//   - ABORTED → FAILED, or like a retriable failure when Outcome.Requeue.
+func (s *Store) Conclude(ctx context.Context, id, attempt int64, out Outcome) (Transition, error) {
+	var tr Transition
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var status, owner sql.NullString
+		var cur, retries sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT status, attempt, coalesce(retry_count, 0), lease_owner
+			FROM cf_processing_queue WHERE id = ?`, id).Scan(&status, &cur, &retries, &owner)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrJobNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if status.String != StatusRunning || cur.Int64 != attempt {
+			return fmt.Errorf("%w: job is %s at attempt %d", ErrStaleAttempt, status.String, cur.Int64)
+		}
+		now := s.now()
+		j := running{id: id, attempt: attempt, owner: owner.String, retries: retries.Int64}
+		switch out.Status {
+		case ReceiptSuccess:
+			tr, err = s.complete(ctx, tx, j, out, now)
+		case ReceiptFailed:
+			if out.Retriable {
+				tr, err = s.retryOrFail(ctx, tx, j, errText(out.Error, "failed"), now)
+			} else {
+				tr, err = s.fail(ctx, tx, j, errText(out.Error, "failed"), now)
+			}
+		case ReceiptRejected:
+			tr, err = s.retryOrFail(ctx, tx, j, errText(out.Error, "rejected by worker"), now)
+		case ReceiptAborted:
+			if out.Requeue {
+				tr, err = s.retryOrFail(ctx, tx, j, errText(out.Error, "aborted"), now)
+			} else {
+				tr, err = s.fail(ctx, tx, j, errText(out.Error, "aborted"), now)
+			}
+		default:
+			return fmt.Errorf("unknown receipt status %q", out.Status)
+		}
+		return err
+	})
+	if err != nil {
+		return Transition{}, fmt.Errorf("conclude job %d attempt %d: %w", id, attempt, err)
+	}
+	return tr, nil
+}
+
+// ReapExpired requeues (or, past MaxRetries, fails) every RUNNING job whose
+// lease expired at or before now. RUNNING rows without a lease (left by the
+// original system, which never reaped) count as expired.
+func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]Transition, error) {
+	var out []Transition
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		out = nil // fn may be retried
+		jobs, err := runningJobs(ctx, tx, `(lease_expires_at IS NULL OR lease_expires_at <= ?)`, fmtTime(now))
+		if err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			msg := fmt.Sprintf("lease expired: worker %q did not conclude attempt %d", j.owner, j.attempt)
+			tr, err := s.retryOrFail(ctx, tx, j, msg, now.UTC())
+			if err != nil {
+				return err
+			}
+			out = append(out, tr)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reap expired: %w", err)
+	}
+	return out, nil
+}
+
+// ReleaseWorker requeues (or, past MaxRetries, fails) every RUNNING job
+// leased by workerID, e.g. when the worker is evicted. Late conclusions
+// from that worker then fail with ErrStaleAttempt.
+func (s *Store) ReleaseWorker(ctx context.Context, workerID string) ([]Transition, error) {
+	var out []Transition
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		out = nil // fn may be retried
+		jobs, err := runningJobs(ctx, tx, `lease_owner = ?`, workerID)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		for _, j := range jobs {
+			msg := fmt.Sprintf("worker %q released during attempt %d", workerID, j.attempt)
+			tr, err := s.retryOrFail(ctx, tx, j, msg, now)
+			if err != nil {
+				return err
+			}
+			out = append(out, tr)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("release worker %s: %w", workerID, err)
+	}
+	return out, nil
+}
+
+type running struct {
+	id, attempt, retries int64
+	owner                string
+}
+
+func runningJobs(ctx context.Context, tx *sql.Tx, cond string, arg any) ([]running, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id, attempt, coalesce(retry_count, 0), coalesce(lease_owner, '')
+		FROM cf_processing_queue WHERE status = 'RUNNING' AND `+cond+` ORDER BY id`, arg)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []running
+	for rows.Next() {
+		var j running
+		if err := rows.Scan(&j.id, &j.attempt, &j.retries, &j.owner); err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) complete(ctx context.Context, tx *sql.Tx, j running, out Outcome, now time.Time) (Transition, error) {
+	var result sql.NullString
+	if out.Metrics != nil || out.Artifacts != nil {
+		b, err := json.Marshal(struct {
+			Metrics   map[string]int64    `json:"metrics"`
+			Artifacts []map[string]string `json:"artifacts"`
+		}{out.Metrics, out.Artifacts})
+		if err != nil {
+			return Transition{}, err
+		}
+		result = sql.NullString{String: string(b), Valid: true}
+	}
+	err := fencedUpdate(ctx, tx, j, `status = 'COMPLETED', end_time = ?, result_summary = 'Success',
+		result_json = ?, error_message = NULL, lease_expires_at = NULL`, fmtTime(now), result)
+	return Transition{ID: j.id, Attempt: j.attempt, Owner: j.owner, From: StatusRunning,
+		To: StatusCompleted, RetryCount: j.retries}, err
+}
+
+func (s *Store) fail(ctx context.Context, tx *sql.Tx, j running, msg string, now time.Time) (Transition, error) {
+	err := fencedUpdate(ctx, tx, j, `status = 'FAILED', end_time = ?, error_message = ?, last_error = ?,
+		lease_expires_at = NULL`, fmtTime(now), msg, msg)
+	return Transition{ID: j.id, Attempt: j.attempt, Owner: j.owner, From: StatusRunning,
+		To: StatusFailed, RetryCount: j.retries, Error: msg}, err
+}
+
+// retryOrFail requeues j with backoff, or fails it once retries are used up.
+func (s *Store) retryOrFail(ctx context.Context, tx *sql.Tx, j running, msg string, now time.Time) (Transition, error) {
+	if j.retries >= int64(s.opts.MaxRetries) {
+		final := fmt.Sprintf("gave up after %d attempts (%d retries): %s", j.attempt, j.retries, msg)
+		return s.fail(ctx, tx, j, final, now)
+	}
+	n := j.retries + 1
+	next := now.Add(Backoff(int(n), s.opts.BackoffBase, s.opts.BackoffMax, rand.Float64()))
+	err := fencedUpdate(ctx, tx, j, `status = 'QUEUED', claim_time = NULL, lease_owner = NULL,
+		lease_expires_at = NULL, retry_count = ?, next_attempt_at = ?, last_error = ?`,
+		n, fmtTime(next), msg)
+	return Transition{ID: j.id, Attempt: j.attempt, Owner: j.owner, From: StatusRunning,
+		To: StatusQueued, RetryCount: n, NextAttemptAt: next, Error: msg}, err
+}
+
+// fencedUpdate applies set to j only while it is RUNNING at j.attempt.
+func fencedUpdate(ctx context.Context, tx *sql.Tx, j running, set string, args ...any) error {
+	args = append(args, j.id, j.attempt)
+	res, err := tx.ExecContext(ctx, `UPDATE cf_processing_queue SET `+set+`
+		WHERE id = ? AND status = 'RUNNING' AND attempt = ?`, args...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return ErrStaleAttempt
+	}
+	return nil
+}
+
+func errText(msg, def string) string {
+	if msg == "" {
+		return def
+	}
+	return msg
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// Counts returns the number of jobs per status; every status in Statuses is
+// present (zero when none), plus any unknown status found in the table.
+func (s *Store) Counts(ctx context.Context) (map[string]int64, error) {
+	out := make(map[string]int64, len(Statuses))
+	for _, st := range Statuses {
+		out[st] = 0
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT coalesce(status, ''), count(*) FROM cf_processing_queue GROUP BY status`)
+	if err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var n int64
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count jobs: %w", err)
+		}
+		out[st] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	return out, nil
+}
+
+// Job is one row of cf_processing_queue. Zero times mean NULL.
+type Job struct {
+	ID              int64
+	FileVersionID   int64
+	PluginName      string
+	Status          string
+	Priority        int64
+	ConfigOverrides string
+	Attempt         int64
+	RetryCount      int64
+	LeaseOwner      string
+	LeaseExpiresAt  time.Time
+	NextAttemptAt   time.Time
+	ClaimTime       time.Time
+	EndTime         time.Time
+	ResultSummary   string
+	ResultJSON      string
+	ErrorMessage    string // set when terminally FAILED
+	LastError       string // error of the latest failed attempt
+}
+
+// Filter selects jobs for List. The zero value lists the newest 100 jobs.
+type Filter struct {
+	Statuses []string // empty: all
+	Plugin   string   // empty: all
+	BeforeID int64    // only ids below it (paging); zero: no bound
+	Limit    int      // zero: 100
+}
+
+const jobCols = `id, file_version_id, plugin_name, coalesce(status, ''), coalesce(priority, 0),
+	coalesce(config_overrides, ''), coalesce(attempt, 0), coalesce(retry_count, 0), coalesce(lease_owner, ''),
+	lease_expires_at, next_attempt_at, claim_time, end_time, coalesce(result_summary, ''),
+	coalesce(result_json, ''), coalesce(error_message, ''), coalesce(last_error, '')`
+
+func scanJob(sc interface{ Scan(...any) error }) (Job, error) {
+	var j Job
+	var lease, next, claim, end dbTime
+	err := sc.Scan(&j.ID, &j.FileVersionID, &j.PluginName, &j.Status, &j.Priority, &j.ConfigOverrides,
+		&j.Attempt, &j.RetryCount, &j.LeaseOwner, &lease, &next, &claim, &end, &j.ResultSummary,
+		&j.ResultJSON, &j.ErrorMessage, &j.LastError)
+	j.LeaseExpiresAt, j.NextAttemptAt, j.ClaimTime, j.EndTime = lease.T, next.T, claim.T, end.T
+	return j, err
+}
+
+// Get returns one job, or ErrJobNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (*Job, error) {
+	j, err := scanJob(s.r.QueryRowContext(ctx, `SELECT `+jobCols+` FROM cf_processing_queue WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("get job %d: %w", id, ErrJobNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get job %d: %w", id, err)
+	}
+	return &j, nil
+}
+
+// List returns jobs matching f, newest (highest id) first.
+func (s *Store) List(ctx context.Context, f Filter) ([]Job, error) {
+	var conds []string
+	var args []any
+	if len(f.Statuses) > 0 {
+		conds = append(conds, "status IN (?"+strings.Repeat(",?", len(f.Statuses)-1)+")")
+		for _, st := range f.Statuses {
+			args = append(args, st)
+		}
+	}
+	if f.Plugin != "" {
+		conds = append(conds, "plugin_name = ?")
+		args = append(args, f.Plugin)
+	}
+	if f.BeforeID > 0 {
+		conds = append(conds, "id < ?")
+		args = append(args, f.BeforeID)
+	}
+	q := `SELECT ` + jobCols + ` FROM cf_processing_queue`
+	if len(conds) > 0 {
+		q += " WHERE " + strings.Join(conds, " AND ")
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	q += " ORDER BY id DESC LIMIT ?"
+	args = append(args, limit)
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list jobs: %w", err)
+		}
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return out, nil
+}
