@@ -1,0 +1,207 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	zt "github.com/go-zeromq/zmq4/transport"
+)
+
+// Hardened scheme names registered with zmq4.
+const (
+	SchemeTCP = "ctcp" // tcp:// over network "tcp"
+	SchemeIPC = "cipc" // ipc:// over network "unix"
+)
+
+// Defaults.
+const (
+	DefaultHandshakeTimeout     = 5 * time.Second
+	DefaultMaxFrameSize         = 64<<20 + 16
+	DefaultMaxMessageSize       = 256<<20 + 64
+	DefaultMaxPendingHandshakes = 256
+
+	// maxLimit keeps sums of limits far from uint64 overflow.
+	maxLimit = 1 << 62
+)
+
+// Limits configures the hardened transports. Zero fields take the defaults.
+type Limits struct {
+	// HandshakeTimeout bounds the ZMTP greeting + security handshake.
+	HandshakeTimeout time.Duration
+	// MaxFrameSize is the largest frame body a peer may announce.
+	MaxFrameSize uint64
+	// MaxMessageSize bounds the summed bodies of one multipart message.
+	// It is raised to MaxFrameSize if smaller.
+	MaxMessageSize uint64
+	// MaxPendingHandshakes bounds connections accepted by one listener
+	// whose handshake has not been handed to zmq4 yet; extra conns are
+	// closed immediately.
+	MaxPendingHandshakes int
+}
+
+// DefaultLimits returns the default limits.
+func DefaultLimits() Limits {
+	return Limits{
+		HandshakeTimeout:     DefaultHandshakeTimeout,
+		MaxFrameSize:         DefaultMaxFrameSize,
+		MaxMessageSize:       DefaultMaxMessageSize,
+		MaxPendingHandshakes: DefaultMaxPendingHandshakes,
+	}
+}
+
+func (l Limits) normalized() Limits {
+	if l.HandshakeTimeout <= 0 {
+		l.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if l.MaxFrameSize == 0 {
+		l.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if l.MaxMessageSize == 0 {
+		l.MaxMessageSize = DefaultMaxMessageSize
+	}
+	l.MaxFrameSize = min(l.MaxFrameSize, maxLimit)
+	l.MaxMessageSize = min(max(l.MaxMessageSize, l.MaxFrameSize), maxLimit)
+	if l.MaxPendingHandshakes <= 0 {
+		l.MaxPendingHandshakes = DefaultMaxPendingHandshakes
+	}
+	return l
+}
+
+// Stats counts connections dropped by the hardened transports since the
+// process started.
+type Stats struct {
+	HandshakeTimeouts uint64 // handshake not finished within HandshakeTimeout
+	HandshakeFailures uint64 // bad greeting/first command, I/O error during pre-handshake
+	OversizedFrames   uint64 // frame header above MaxFrameSize
+	OversizedMessages uint64 // multipart message above MaxMessageSize
+	RejectedPending   uint64 // closed because MaxPendingHandshakes was reached
+}
+
+type counters struct {
+	handshakeTimeouts atomic.Uint64
+	handshakeFailures atomic.Uint64
+	oversizedFrames   atomic.Uint64
+	oversizedMessages atomic.Uint64
+	rejectedPending   atomic.Uint64
+}
+
+type registry struct {
+	limits atomic.Pointer[Limits]
+	stats  counters
+}
+
+func (r *registry) current() Limits { return *r.limits.Load() }
+
+var (
+	global       registry
+	registerMu   sync.Mutex
+	registered   bool
+	errNoLimits  = errors.New("transport: Register has not been called")
+	errBadScheme = errors.New("transport: unsupported endpoint scheme")
+)
+
+// Register installs the hardened transports under SchemeTCP and SchemeIPC
+// with zmq4. Call it from main before creating sockets. Calling it again
+// replaces the limits used for connections created afterwards.
+func Register(l Limits) error {
+	l = l.normalized()
+	registerMu.Lock()
+	defer registerMu.Unlock()
+	global.limits.Store(&l)
+	if registered {
+		return nil
+	}
+	if err := zmq4.RegisterTransport(SchemeTCP, &hardened{network: "tcp", reg: &global}); err != nil {
+		return fmt.Errorf("transport: register %s: %w", SchemeTCP, err)
+	}
+	if err := zmq4.RegisterTransport(SchemeIPC, &hardened{network: "unix", reg: &global}); err != nil {
+		return fmt.Errorf("transport: register %s: %w", SchemeIPC, err)
+	}
+	registered = true
+	return nil
+}
+
+// CurrentStats returns a snapshot of the drop counters.
+func CurrentStats() Stats {
+	s := &global.stats
+	return Stats{
+		HandshakeTimeouts: s.handshakeTimeouts.Load(),
+		HandshakeFailures: s.handshakeFailures.Load(),
+		OversizedFrames:   s.oversizedFrames.Load(),
+		OversizedMessages: s.oversizedMessages.Load(),
+		RejectedPending:   s.rejectedPending.Load(),
+	}
+}
+
+// Endpoint rewrites a user endpoint to its hardened scheme:
+// tcp:// -> ctcp://, ipc:// -> cipc://. Hardened endpoints are returned
+// unchanged; any other scheme is an error (there is no hardened
+// inproc/udp).
+func Endpoint(ep string) (string, error) {
+	scheme, rest, ok := strings.Cut(ep, "://")
+	if !ok {
+		return "", fmt.Errorf("%w: %q", errBadScheme, ep)
+	}
+	switch scheme {
+	case "tcp", SchemeTCP:
+		return SchemeTCP + "://" + rest, nil
+	case "ipc", SchemeIPC:
+		return SchemeIPC + "://" + rest, nil
+	}
+	return "", fmt.Errorf("%w: %q", errBadScheme, ep)
+}
+
+// hardened implements zmq4's transport.Transport.
+type hardened struct {
+	network string
+	reg     *registry
+}
+
+func (h *hardened) limits() (Limits, error) {
+	p := h.reg.limits.Load()
+	if p == nil {
+		return Limits{}, errNoLimits
+	}
+	return *p, nil
+}
+
+// Dial dials addr and wraps the conn (handshake deadline, frame caps).
+func (h *hardened) Dial(ctx context.Context, dialer zt.Dialer, addr string) (net.Conn, error) {
+	lim, err := h.limits()
+	if err != nil {
+		return nil, err
+	}
+	c, err := dialer.DialContext(ctx, h.network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return newConn(c, h.reg, lim), nil
+}
+
+// Listen listens on addr; see listener.
+func (h *hardened) Listen(ctx context.Context, addr string) (net.Listener, error) {
+	lim, err := h.limits()
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	inner, err := lc.Listen(ctx, h.network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return newListener(inner, h.reg, lim), nil
+}
+
+// Addr normalises an endpoint address like zmq4's tcp/ipc transports.
+func (h *hardened) Addr(ep string) (string, error) {
+	return zt.New(h.network).Addr(ep)
+}
+
+var _ zt.Transport = (*hardened)(nil)
