@@ -253,6 +253,27 @@ func (f *fb) verifyField(t, depth int) error {
 	return f.keyValues(t, 6)
 }
 
+// int64Pairs checks the optional vector of {int64, int64} structs in a table
+// slot and calls fn for each element.
+func (f *fb) int64Pairs(t, slot int, fn func(i int, a, b int64) error) error {
+	p, err := f.field(t, slot)
+	if err != nil || p == 0 {
+		return err
+	}
+	start, n, err := f.vector(p, 16)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		a := int64(binary.LittleEndian.Uint64(f.b[start+16*i:]))
+		b := int64(binary.LittleEndian.Uint64(f.b[start+16*i+8:]))
+		if err := fn(i, a, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // verifyRecordBatch checks a RecordBatch table: node counts are not
 // negative, every buffer lies inside the body, and compressed batches are
 // refused.
@@ -264,35 +285,23 @@ func (f *fb) verifyRecordBatch(t int, bodyLen int64) error {
 			return fmt.Errorf("record batch length out of range")
 		}
 	}
-	if p, err := f.field(t, 1); err != nil { // nodes: {length, null_count int64}
+	// nodes: {length, null_count int64}
+	if err := f.int64Pairs(t, 1, func(i int, ln, nulls int64) error {
+		if ln < 0 || nulls < 0 || nulls > ln {
+			return fmt.Errorf("field node %d: length %d, null count %d", i, ln, nulls)
+		}
+		return nil
+	}); err != nil {
 		return err
-	} else if p != 0 {
-		start, n, err := f.vector(p, 16)
-		if err != nil {
-			return err
-		}
-		for i := 0; i < n; i++ {
-			ln := int64(binary.LittleEndian.Uint64(f.b[start+16*i:]))
-			nulls := int64(binary.LittleEndian.Uint64(f.b[start+16*i+8:]))
-			if ln < 0 || nulls < 0 || nulls > ln {
-				return fmt.Errorf("field node %d: length %d, null count %d", i, ln, nulls)
-			}
-		}
 	}
-	if p, err := f.field(t, 2); err != nil { // buffers: {offset, length int64}
+	// buffers: {offset, length int64}
+	if err := f.int64Pairs(t, 2, func(i int, off, ln int64) error {
+		if off < 0 || ln < 0 || off > bodyLen || ln > bodyLen-off {
+			return fmt.Errorf("buffer %d (offset %d, length %d) outside the %d-byte body", i, off, ln, bodyLen)
+		}
+		return nil
+	}); err != nil {
 		return err
-	} else if p != 0 {
-		start, n, err := f.vector(p, 16)
-		if err != nil {
-			return err
-		}
-		for i := 0; i < n; i++ {
-			off := int64(binary.LittleEndian.Uint64(f.b[start+16*i:]))
-			ln := int64(binary.LittleEndian.Uint64(f.b[start+16*i+8:]))
-			if off < 0 || ln < 0 || off > bodyLen || ln > bodyLen-off {
-				return fmt.Errorf("buffer %d (offset %d, length %d) outside the %d-byte body", i, off, ln, bodyLen)
-			}
-		}
 	}
 	if c, err := f.optTable(t, 3); err != nil {
 		return err
