@@ -171,6 +171,14 @@ var addedColumns = []struct{ table, column, decl string }{
 	{"cf_processing_queue", "last_error", "TEXT"},
 	// JSON {"metrics":{..},"artifacts":[..]} of the SUCCESS receipt.
 	{"cf_processing_queue", "result_json", "TEXT"},
+	// Worker registry (workers.go). capabilities and active_job_ids are
+	// JSON arrays.
+	{"cf_worker_node", "worker_id", "TEXT"},
+	{"cf_worker_node", "capabilities", "TEXT"},
+	{"cf_worker_node", "slots", "INTEGER"},
+	{"cf_worker_node", "busy_slots", "INTEGER"},
+	{"cf_worker_node", "active_job_ids", "TEXT"},
+	{"cf_worker_node", "status_reason", "TEXT"},
 }
 
 // postDDL runs after the columns exist.
@@ -181,6 +189,7 @@ var postDDL = []string{
 	`CREATE INDEX IF NOT EXISTS ix_queue_claim ON cf_processing_queue (status, priority DESC, id ASC)`,
 	`CREATE INDEX IF NOT EXISTS ix_queue_lease ON cf_processing_queue (status, lease_expires_at)`,
 	`CREATE INDEX IF NOT EXISTS ix_queue_owner ON cf_processing_queue (lease_owner)`,
+	`CREATE INDEX IF NOT EXISTS ix_worker_node_worker_id ON cf_worker_node (worker_id)`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
