@@ -114,6 +114,11 @@ type Receipt struct {
 	// first, then SQLite ones, each group sorted by topic.
 	Artifacts []sink.Artifact
 	Duration  time.Duration
+	// GuestTime is the time the plugin ran (start to end of stream);
+	// CommitTime the time spent committing outputs. Both are zero when the
+	// job failed before reaching that phase.
+	GuestTime  time.Duration
+	CommitTime time.Duration
 	// Err is nil on success, else an error whose text starts with "[Job N]".
 	Err error
 }
@@ -215,10 +220,15 @@ func (h *Host) run(ctx context.Context, job Job, rc *Receipt) error {
 		log: h.log.With("job_id", job.ID, "plugin", job.Plugin.Name, "guest", string(job.Plugin.Kind))}
 	defer out.abortAll()
 
-	if err := inst.Run(runCtx, guest.Input{JobID: job.ID, FileVersionID: job.FileVersionID, Path: input, Config: job.Config}, out); err != nil {
+	guestStart := time.Now()
+	err = inst.Run(runCtx, guest.Input{JobID: job.ID, FileVersionID: job.FileVersionID, Path: input, Config: job.Config}, out)
+	rc.GuestTime = time.Since(guestStart)
+	if err != nil {
 		return err
 	}
+	commitStart := time.Now()
 	arts, err := out.commitAll(ctx)
+	rc.CommitTime = time.Since(commitStart)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 // Command casparian is the one CLI of Casparian Flow.
 //
 //	casparian run --plugin PLUGIN --output DIR [--jobs N] INPUT...
+//	casparian start | sentinel | worker     the daemons
+//	casparian enqueue | jobs | workers      operator commands on the queue
 //	casparian version
 //
 // main is the only place that wires guest runtimes to the host.
@@ -22,8 +24,21 @@ Usage:
   casparian run --plugin PLUGIN --output DIR [flags] INPUT...
       Run a plugin over files, directories or globs, in parallel, and write
       one Parquet file per (input, topic). Run "casparian run -h" for flags.
+
+  casparian start [--addr tcp://127.0.0.1:5555] [--database sqlite://casparian_flow.db] [--output DIR]
+      Run a sentinel and one worker in one process.
+  casparian sentinel [--bind tcp://0.0.0.0:5555] [--database sqlite://casparian_flow.db]
+      Run the control plane: the SQLite job queue, dispatching over ZeroMQ.
+  casparian worker --connect tcp://HOST:5555 --output DIR
+      Run jobs the sentinel dispatches (4 at once by default).
+  casparian enqueue --plugin NAME [--plugin-file PLUGIN.py] FILE...
+      Add jobs to the queue (registering the files and the plugin).
+  casparian jobs | casparian workers
+      Print the job queue, or the workers the sentinel knows.
   casparian version
       Print the version.
+
+Every command takes -h. Logs: --log-level or $CASPARIAN_LOG; --log-format text|json.
 `
 
 func main() {
@@ -40,6 +55,18 @@ func realMain(args []string) int {
 	switch args[0] {
 	case "run":
 		return cmdRun(ctx, args[1:], os.Stdout, os.Stderr)
+	case "start":
+		return cmdStart(ctx, args[1:], os.Stdout, os.Stderr)
+	case "sentinel":
+		return cmdSentinel(ctx, args[1:], os.Stdout, os.Stderr)
+	case "worker":
+		return cmdWorker(ctx, args[1:], os.Stdout, os.Stderr)
+	case "enqueue":
+		return cmdEnqueue(ctx, args[1:], os.Stdout, os.Stderr)
+	case "jobs":
+		return cmdJobs(ctx, args[1:], os.Stdout, os.Stderr)
+	case "workers":
+		return cmdWorkers(ctx, args[1:], os.Stdout, os.Stderr)
 	case "version", "--version", "-v":
 		fmt.Println("casparian", host.Version)
 		return 0

@@ -26,7 +26,18 @@ const (
 	// ExtSlots: the peer reports its concurrency in IDENTIFY/HEARTBEAT
 	// (slots, free_slots) and accepts that many concurrent DISPATCHes.
 	ExtSlots = "slots"
+	// ExtConcludeAck: the sentinel answers every CONCLUDE from the peer with
+	// an ACK carrying the same job_id, and the peer resends unacknowledged
+	// CONCLUDEs after it reconnects. Duplicates are harmless (fenced).
+	ExtConcludeAck = "conclude-ack"
+	// ExtReidentify: the peer sends IDENTIFY again when the sentinel answers
+	// it with ERR (job_id 0) whose message starts with ReidentifyPrefix.
+	ExtReidentify = "reidentify"
 )
+
+// ReidentifyPrefix starts the ERR message a sentinel sends to a peer it does
+// not know (e.g. after the sentinel restarted, or evicted the peer).
+const ReidentifyPrefix = "unknown worker: send IDENTIFY"
 
 // Sink modes.
 const (
@@ -123,6 +134,10 @@ type JobReceipt struct {
 	ErrorMessage string              `json:"error_message,omitempty"`
 	// Attempt (extension) echoes DispatchCommand.Attempt; 0 = not sent.
 	Attempt int64 `json:"attempt,omitempty"`
+	// Requeue (extension), with ABORTED: the job was stopped through no
+	// fault of its own (the worker is shutting down), so the sentinel
+	// requeues it instead of failing it.
+	Requeue bool `json:"requeue,omitempty"`
 }
 
 type jobReceiptJSON JobReceipt
@@ -157,6 +172,9 @@ type IdentifyPayload struct {
 	// ProtocolExtensions (extension) lists the extensions the worker
 	// implements (ExtAttempt, ExtSlots); unknown names are ignored.
 	ProtocolExtensions []string `json:"protocol_extensions,omitempty"`
+	// Hostname and PID (extension) say where the worker runs, for operators.
+	Hostname string `json:"hostname,omitempty"`
+	PID      int    `json:"pid,omitempty"`
 }
 
 type identifyPayloadJSON IdentifyPayload
@@ -187,6 +205,9 @@ const (
 	WorkerIdle  WorkerStatus = "IDLE"
 	WorkerBusy  WorkerStatus = "BUSY"  // at its concurrency cap
 	WorkerAlive WorkerStatus = "ALIVE" // working, below its cap
+	// WorkerDraining (extension): shutting down; it finishes its jobs and
+	// takes no new one.
+	WorkerDraining WorkerStatus = "DRAINING"
 )
 
 // HeartbeatPayload is the HEARTBEAT payload (W→S).

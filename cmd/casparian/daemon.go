@@ -1,0 +1,422 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/casparianflow/casparian/guests/python"
+	"github.com/casparianflow/casparian/host"
+	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/host/sink"
+	"github.com/casparianflow/casparian/internal/obs"
+	"github.com/casparianflow/casparian/sentinel"
+	"github.com/casparianflow/casparian/sentinel/store"
+	"github.com/casparianflow/casparian/worker"
+)
+
+// commonFlags are the operator flags every daemon takes.
+type commonFlags struct {
+	logLevel, logFormat, metricsAddr string
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default $"+obs.EnvLogLevel+", else info)")
+	fs.StringVar(&c.logFormat, "log-format", "", "log format: text or json (default $"+obs.EnvLogFormat+", else text)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this HOST:PORT (empty = off)")
+}
+
+type sentinelFlags struct {
+	database                         *string
+	lease, hbTimeout, cleanup, probe time.Duration
+	poll                             time.Duration
+}
+
+func (f *sentinelFlags) register(fs *flag.FlagSet) {
+	f.database = databaseFlag(fs)
+	fs.DurationVar(&f.lease, "lease", sentinel.DefaultLease, "job lease; worker heartbeats extend it, an expired one requeues the job")
+	fs.DurationVar(&f.hbTimeout, "heartbeat-timeout", sentinel.DefaultHeartbeatTimeout, "evict a worker silent this long and requeue its jobs")
+	fs.DurationVar(&f.cleanup, "cleanup-interval", sentinel.DefaultCleanupInterval, "how often silent workers and expired leases are checked")
+	fs.DurationVar(&f.probe, "probe-interval", sentinel.DefaultProbeInterval, "how often workers are probed")
+	fs.DurationVar(&f.poll, "poll-interval", sentinel.DefaultPollInterval, "how often the queue is checked for jobs added by other processes")
+}
+
+func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger, reg prometheus.Registerer) sentinel.Config {
+	return sentinel.Config{Bind: bind, Store: st, Logger: log, Registerer: reg, Lease: f.lease,
+		HeartbeatTimeout: f.hbTimeout, CleanupInterval: f.cleanup, ProbeInterval: f.probe, PollInterval: f.poll}
+}
+
+type workerFlags struct {
+	output, workerID, caps, python, compression string
+	slots                                       int
+	timeout, connectTimeout, idleTimeout        time.Duration
+	heartbeat, sentinelTimeout, drain           time.Duration
+}
+
+func (f *workerFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.output, "output", "output", "root directory of relative sink paths")
+	fs.StringVar(&f.workerID, "worker-id", "", "worker id (default HOSTNAME-PID)")
+	fs.StringVar(&f.caps, "capabilities", "*", `plugins this worker runs: "*" or a comma-separated list of names`)
+	fs.IntVar(&f.slots, "slots", worker.DefaultSlots, "jobs run at once")
+	fs.StringVar(&f.python, "python", "", "Python interpreter for Python plugins (default: $CASPARIAN_PYTHON, ./.venv/bin/python, python3)")
+	fs.StringVar(&f.compression, "compression", "snappy", "Parquet compression: snappy, zstd, gzip, none")
+	fs.DurationVar(&f.timeout, "timeout", 0, "per-job timeout (0 = none)")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", python.DefaultConnectTimeout, "time a Python guest has to connect")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", python.DefaultIdleTimeout, "longest silence from a Python guest")
+	fs.DurationVar(&f.heartbeat, "heartbeat-interval", worker.DefaultHeartbeatInterval, "how often the worker reports to the sentinel")
+	fs.DurationVar(&f.sentinelTimeout, "sentinel-timeout", worker.DefaultSentinelTimeout, "reconnect when the sentinel is silent this long")
+	fs.DurationVar(&f.drain, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, wait this long for running jobs before aborting them")
+}
+
+// newWorker builds the host (Python guest runtime + Parquet/SQLite sinks) and
+// the worker around it. The returned cleanup closes the runtime.
+func (f *workerFlags) newWorker(ctx context.Context, connect string, log *slog.Logger, reg prometheus.Registerer) (*worker.Worker, func(), error) {
+	if f.slots < 1 {
+		return nil, nil, errors.New("--slots must be at least 1")
+	}
+	var caps []string
+	for _, c := range strings.Split(f.caps, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			caps = append(caps, c)
+		}
+	}
+	if len(caps) == 0 {
+		return nil, nil, errors.New(`--capabilities is empty: pass "*" or plugin names`)
+	}
+	if err := os.MkdirAll(f.output, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("--output: %w", err)
+	}
+	rt, err := python.New(python.Config{Python: pythonInterpreter(f.python), ConnectTimeout: f.connectTimeout,
+		IdleTimeout: f.idleTimeout, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() { _ = rt.Close(context.Background()) }
+	versions, err := rt.Preflight(ctx)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	log.Info("python guest ready", "python", rt.Interpreter(), "versions", versions)
+	h, err := host.New(host.Config{Runtimes: map[guest.Kind]guest.Runtime{guest.KindPython: rt}, OutputDir: f.output,
+		JobTimeout: f.timeout, Logger: log, Sink: sink.Options{Compression: f.compression}})
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	w, err := worker.New(worker.Config{Connect: connect, WorkerID: f.workerID, Capabilities: caps, Slots: f.slots,
+		Host: h, Logger: log, Registerer: reg, HeartbeatInterval: f.heartbeat, SentinelTimeout: f.sentinelTimeout,
+		DrainTimeout: f.drain})
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return w, cleanup, nil
+}
+
+// daemonSetup parses flags and builds the logger and the metrics server.
+type daemon struct {
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *obs.Server
+}
+
+func startDaemon(name string, c commonFlags, stderr io.Writer) (*daemon, error) {
+	log, err := obs.NewLogger(stderr, c.logLevel, c.logFormat, slog.LevelInfo)
+	if err != nil {
+		return nil, err
+	}
+	if name != "" {
+		log = log.With("component", name)
+	}
+	d := &daemon{log: log, reg: obs.NewRegistry()}
+	return d, nil
+}
+
+func (d *daemon) serveMetrics(addr string, health obs.Health) error {
+	if addr == "" {
+		return nil
+	}
+	srv, err := obs.Listen(addr, d.reg, health, d.log)
+	if err != nil {
+		return err
+	}
+	d.metrics = srv
+	d.log.Info("serving metrics", "url", "http://"+srv.Addr().String()+"/metrics", "health", "http://"+srv.Addr().String()+"/healthz")
+	return nil
+}
+
+func (d *daemon) close() {
+	if d.metrics != nil {
+		_ = d.metrics.Close()
+	}
+}
+
+// secondSignalExits makes a second SIGINT/SIGTERM kill the process at once
+// (the first one, which cancels ctx, starts a graceful stop). Call the
+// returned func when the command returns.
+func secondSignalExits(ctx context.Context, log *slog.Logger) func() {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		log.Info("stopping (send the signal again to exit at once)")
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+		<-ch
+		log.Warn("second signal: exiting now; running jobs stay RUNNING until their leases expire")
+		os.Exit(130)
+	}()
+	return func() { close(done) }
+}
+
+type multiValue []string
+
+func (m *multiValue) String() string { return strings.Join(*m, ",") }
+func (m *multiValue) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*m = append(*m, p)
+		}
+	}
+	return nil
+}
+
+func parseDaemonFlags(fs *flag.FlagSet, args []string, stderr io.Writer, usage string) int {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage+"\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "casparian %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2
+	}
+	return -1
+}
+
+func cmdSentinel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sentinel", flag.ContinueOnError)
+	var (
+		c    commonFlags
+		sf   sentinelFlags
+		bind multiValue
+	)
+	c.register(fs)
+	sf.register(fs)
+	fs.Var(&bind, "bind", "endpoint to listen on: tcp://HOST:PORT or ipc:///PATH; repeatable or comma-separated (default "+sentinel.DefaultBind+")")
+	if rc := parseDaemonFlags(fs, args, stderr, "Usage: casparian sentinel [--bind tcp://0.0.0.0:5555] [--database sqlite://casparian_flow.db] [flags]\n\nRuns the control plane: the SQLite job queue and the ZeroMQ ROUTER workers connect to.\n"); rc >= 0 {
+		return rc
+	}
+	d, err := startDaemon("sentinel", c, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
+		return 2
+	}
+	defer d.close()
+	st, err := openStore(ctx, *sf.database)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
+		return 1
+	}
+	defer st.Close()
+	s, err := sentinel.New(sf.config(bind, st, d.log, d.reg))
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
+		return 1
+	}
+	if err := d.serveMetrics(c.metricsAddr, sentinelHealth(st)); err != nil {
+		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
+		return 1
+	}
+	defer secondSignalExits(ctx, d.log)()
+	if err := s.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func sentinelHealth(st *store.Store) obs.Health {
+	return func(ctx context.Context) error {
+		_, err := st.Counts(ctx)
+		if err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
+		return nil
+	}
+}
+
+func workerHealth(m *worker.Metrics) obs.Health {
+	return func(context.Context) error {
+		if gaugeValue(m.Connected) < 1 {
+			return errors.New("not connected to a sentinel")
+		}
+		return nil
+	}
+}
+
+func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var (
+		c       commonFlags
+		wf      workerFlags
+		connect string
+	)
+	c.register(fs)
+	wf.register(fs)
+	fs.StringVar(&connect, "connect", worker.DefaultConnect, "sentinel endpoint: tcp://HOST:PORT or ipc:///PATH")
+	if rc := parseDaemonFlags(fs, args, stderr, "Usage: casparian worker --connect tcp://HOST:5555 --output DIR [flags]\n\nRuns jobs the sentinel dispatches, up to --slots at once. SIGTERM drains: running jobs finish (or are handed back after --drain-timeout).\n"); rc >= 0 {
+		return rc
+	}
+	d, err := startDaemon("worker", c, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian worker: %v\n", err)
+		return 2
+	}
+	defer d.close()
+	w, cleanup, err := wf.newWorker(ctx, connect, d.log, d.reg)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian worker: %v\n", err)
+		return 1
+	}
+	defer cleanup()
+	if err := d.serveMetrics(c.metricsAddr, workerHealth(w.Metrics())); err != nil {
+		fmt.Fprintf(stderr, "casparian worker: %v\n", err)
+		return 1
+	}
+	defer secondSignalExits(ctx, d.log)()
+	if err := w.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "casparian worker: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("start", flag.ContinueOnError)
+	var (
+		c         commonFlags
+		sf        sentinelFlags
+		wf        workerFlags
+		addr      string
+		untilIdle bool
+	)
+	c.register(fs)
+	sf.register(fs)
+	wf.register(fs)
+	fs.StringVar(&addr, "addr", sentinel.DefaultBind, "endpoint the sentinel binds and the worker connects to (tcp://HOST:PORT or ipc:///PATH)")
+	fs.BoolVar(&untilIdle, "exit-when-done", false, "stop once no job is QUEUED or RUNNING (for batch runs and demos)")
+	if rc := parseDaemonFlags(fs, args, stderr, "Usage: casparian start [--addr tcp://127.0.0.1:5555] [--database sqlite://casparian_flow.db] [--output output] [flags]\n\nRuns a sentinel and one worker in one process. Add jobs with casparian enqueue; watch them with casparian jobs.\n"); rc >= 0 {
+		return rc
+	}
+	d, err := startDaemon("", c, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 2
+	}
+	defer d.close()
+	st, err := openStore(ctx, *sf.database)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	defer st.Close()
+	s, err := sentinel.New(sf.config([]string{addr}, st, d.log.With("component", "sentinel"), d.reg))
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	w, cleanup, err := wf.newWorker(ctx, addr, d.log.With("component", "worker"), d.reg)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	defer cleanup()
+	if err := d.serveMetrics(c.metricsAddr, sentinelHealth(st)); err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	defer secondSignalExits(ctx, d.log)()
+
+	// The worker stops (draining) first, then the sentinel, so the
+	// worker's last CONCLUDEs are recorded.
+	sctx, stopSentinel := context.WithCancel(context.WithoutCancel(ctx))
+	wctx, stopWorker := context.WithCancel(ctx)
+	defer stopWorker()
+	serr := make(chan error, 1)
+	go func() { serr <- s.Run(sctx) }()
+	select {
+	case <-s.Ready():
+	case err := <-serr:
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		stopSentinel()
+		return 1
+	}
+	fmt.Fprintf(stderr, "casparian: sentinel on %s, worker %s with %d slots, database %s, output %s\n",
+		strings.Join(s.Endpoints(), ","), w.ID(), wf.slots, st.Path(), wf.output)
+	if untilIdle {
+		go waitIdle(wctx, st, stopWorker, d.log)
+	}
+	werr := w.Run(wctx)
+	stopSentinel()
+	if err := <-serr; err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	if werr != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", werr)
+		return 1
+	}
+	return 0
+}
+
+// waitIdle calls stop once the queue has no QUEUED or RUNNING job.
+func waitIdle(ctx context.Context, st *store.Store, stop func(), log *slog.Logger) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		counts, err := st.Counts(ctx)
+		if err != nil {
+			continue
+		}
+		if counts[store.StatusQueued] == 0 && counts[store.StatusRunning] == 0 {
+			log.Info("no job is queued or running: stopping")
+			stop()
+			return
+		}
+	}
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil || m.Gauge == nil {
+		return 0
+	}
+	return m.Gauge.GetValue()
+}

@@ -1,0 +1,167 @@
+package sentinel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/casparianflow/casparian/sentinel/protocol"
+	"github.com/casparianflow/casparian/sentinel/store"
+)
+
+// dispatch fills every free slot of every capable worker. Workers are
+// visited in rotating order so none is favoured; a worker gets one job per
+// round, so jobs spread over workers instead of filling the first one.
+func (s *Sentinel) dispatch(ctx context.Context) {
+	if ctx.Err() != nil || len(s.order) == 0 {
+		return
+	}
+	// Rotate the start so the same worker is not always first.
+	s.order = append(s.order[1:], s.order[0])
+	exhausted := map[string]bool{} // workers whose capabilities match no due job
+	for progress := true; progress; {
+		progress = false
+		for _, key := range slices.Clone(s.order) {
+			w := s.workers[key]
+			if w == nil || exhausted[key] || w.free() == 0 {
+				continue
+			}
+			ok, err := s.dispatchOne(ctx, w)
+			if err != nil {
+				return // database trouble: try again at the next tick
+			}
+			if !ok {
+				exhausted[key] = true
+				continue
+			}
+			progress = true
+		}
+	}
+}
+
+// dispatchOne claims one job for w and sends it. It reports false when no
+// job w can run is due.
+func (s *Sentinel) dispatchOne(ctx context.Context, w *worker) (bool, error) {
+	start := time.Now()
+	c, err := s.st.Claim(ctx, w.id, w.caps, s.cfg.Lease)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, err // shutting down
+		}
+		s.metrics.DBErrors.Inc()
+		s.log.Error("claiming a job failed", "worker", w.id, "error", err)
+		return false, err
+	}
+	if c == nil {
+		return false, nil
+	}
+	cmd, err := s.buildDispatch(ctx, c)
+	if err != nil {
+		// Never leave the job RUNNING: fail it, with the reason.
+		msg := fmt.Sprintf("cannot dispatch: %v", err)
+		if _, cerr := s.st.Conclude(ctx, c.ID, c.Attempt, store.Outcome{Status: store.ReceiptFailed, Error: msg}); cerr != nil {
+			s.metrics.DBErrors.Inc()
+			s.log.Error(fmt.Sprintf("[Job %d] could not fail an undispatchable job; the reaper will retry it", c.ID), "error", cerr)
+		} else {
+			s.metrics.JobsFailed.Inc()
+		}
+		s.log.Warn(fmt.Sprintf("[Job %d] %s", c.ID, msg), "plugin", c.PluginName)
+		return true, nil
+	}
+	m, err := protocol.NewMessage(protocol.OpDispatch, uint64(c.ID), cmd)
+	if err != nil {
+		return true, nil
+	}
+	w.jobs[c.ID] = &running{attempt: c.Attempt, dispatched: time.Now()}
+	if !s.send(ctx, w, m) {
+		// w was evicted and its jobs (this one included) released.
+		return true, nil
+	}
+	took := time.Since(start)
+	s.metrics.JobsDispatched.Inc()
+	s.metrics.DispatchTimeMicros.Add(float64(took.Microseconds()))
+	s.metrics.DispatchLatency.Observe(took.Seconds())
+	s.updateGauges()
+	s.log.Debug("job dispatched", "job_id", c.ID, "plugin", c.PluginName, "worker", w.id, "attempt", c.Attempt,
+		"path", cmd.FilePath)
+	return true, nil
+}
+
+func (s *Sentinel) buildDispatch(ctx context.Context, c *store.Claimed) (*protocol.DispatchCommand, error) {
+	d, err := s.st.Resolve(ctx, c.ID)
+	if err != nil {
+		switch {
+		case errors.Is(err, store.ErrNoActiveManifest):
+			return nil, fmt.Errorf("%w for plugin %q: deploy it (casparian enqueue --plugin-file, or DEPLOY)", err, c.PluginName)
+		}
+		return nil, err
+	}
+	sinks, err := applyOverrides(d.Sinks, d.ConfigOverrides)
+	if err != nil {
+		return nil, err
+	}
+	cmd := &protocol.DispatchCommand{
+		PluginName:    d.PluginName,
+		FilePath:      d.FilePath,
+		FileVersionID: c.FileVersionID,
+		EnvHash:       d.EnvHash,
+		SourceCode:    d.SourceCode,
+		ArtifactHash:  d.ArtifactHash,
+		Attempt:       c.Attempt,
+	}
+	for _, k := range sinks {
+		cmd.Sinks = append(cmd.Sinks, protocol.SinkConfig{Topic: k.Topic, URI: k.URI, Mode: k.Mode, SchemaDef: k.SchemaJSON})
+	}
+	return cmd, nil
+}
+
+// applyOverrides applies a job's config_overrides to its sinks. The
+// accepted shape is {"sinks": {"TOPIC": "URI" | {"uri": "...", "mode": "..."}}}
+// (a bare {"TOPIC": …} map is read the same way, as the original's Python
+// sentinel stored it). Topics not yet configured are added.
+func applyOverrides(sinks []store.Sink, overrides string) ([]store.Sink, error) {
+	if overrides == "" || overrides == "{}" || overrides == "null" {
+		return sinks, nil
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(overrides), &raw); err != nil {
+		return nil, fmt.Errorf("config_overrides is not a JSON object: %v", err)
+	}
+	if inner, ok := raw["sinks"]; ok {
+		raw = nil
+		if err := json.Unmarshal(inner, &raw); err != nil {
+			return nil, fmt.Errorf(`config_overrides "sinks" is not a JSON object: %v`, err)
+		}
+	}
+	out := slices.Clone(sinks)
+	for topic, v := range raw {
+		var k store.Sink
+		var uri string
+		if err := json.Unmarshal(v, &uri); err == nil {
+			k = store.Sink{URI: uri}
+		} else {
+			var obj struct {
+				URI  string `json:"uri"`
+				Mode string `json:"mode"`
+			}
+			if err := json.Unmarshal(v, &obj); err != nil || obj.URI == "" {
+				return nil, fmt.Errorf("config_overrides for topic %q: want a URI string or {\"uri\": …, \"mode\": …}", topic)
+			}
+			k = store.Sink{URI: obj.URI, Mode: obj.Mode}
+		}
+		k.Topic = topic
+		if k.Mode == "" {
+			k.Mode = "append"
+		}
+		if i := slices.IndexFunc(out, func(x store.Sink) bool { return x.Topic == topic }); i >= 0 {
+			k.SchemaJSON = out[i].SchemaJSON
+			out[i] = k
+		} else {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,413 @@
+package sentinel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/casparianflow/casparian/sentinel/protocol"
+	"github.com/casparianflow/casparian/sentinel/store"
+)
+
+// handle processes one received message on the loop goroutine.
+func (s *Sentinel) handle(ctx context.Context, in inMsg) {
+	s.metrics.MessagesReceived.Inc()
+	identity, m, err := s.dec.DecodeRouter(in.msg.Frames)
+	if err != nil {
+		s.metrics.ProtocolErrors.Inc()
+		s.log.Warn("dropped a malformed message", "endpoint", in.r.endpoint, "frames", len(in.msg.Frames), "error", err)
+		if identity != nil {
+			s.replyErr(in.r, identity, 0, "malformed message: "+err.Error())
+		}
+		return
+	}
+	w := s.workers[routeKey(in.r, identity)]
+	if w != nil {
+		w.lastSeen = time.Now()
+	}
+	switch m.OpCode {
+	case protocol.OpIdentify:
+		var p protocol.IdentifyPayload
+		if !s.decodePayload(in.r, identity, m, &p) {
+			return
+		}
+		s.register(ctx, in.r, identity, &p)
+	case protocol.OpHeartbeat:
+		if w == nil {
+			s.askIdentify(in.r, identity)
+			return
+		}
+		if len(m.Payload) == 0 {
+			return // a probe from the worker: being alive is the answer
+		}
+		var p protocol.HeartbeatPayload
+		if !s.decodePayload(in.r, identity, m, &p) {
+			return
+		}
+		s.heartbeat(ctx, w, &p)
+	case protocol.OpConclude:
+		var rc protocol.JobReceipt
+		if !s.decodePayload(in.r, identity, m, &rc) {
+			return
+		}
+		s.conclude(ctx, in.r, identity, w, int64(m.JobID), &rc)
+		if w == nil {
+			s.askIdentify(in.r, identity)
+		}
+	case protocol.OpErr:
+		var p protocol.ErrorPayload
+		if err := m.Unmarshal(&p); err != nil {
+			p.Message = string(m.Payload)
+		}
+		if m.JobID == 0 {
+			s.log.Warn("worker reported an error", "worker", workerName(w, identity), "message", p.Message)
+			return
+		}
+		// The original failed the job on an ERR carrying its id.
+		rc := protocol.JobReceipt{Status: protocol.StatusFailed, ErrorMessage: p.Message}
+		if p.Traceback != "" {
+			rc.ErrorMessage += "\n" + p.Traceback
+		}
+		s.conclude(ctx, in.r, identity, w, int64(m.JobID), &rc)
+	case protocol.OpEnvReady:
+		var p protocol.EnvReadyPayload
+		if s.decodePayload(in.r, identity, m, &p) {
+			s.log.Info("worker environment ready", "worker", workerName(w, identity), "env_hash", p.EnvHash, "cached", p.Cached)
+		}
+	case protocol.OpDeploy:
+		var p protocol.DeployCommand
+		if !s.decodePayload(in.r, identity, m, &p) {
+			return
+		}
+		s.deploy(ctx, in.r, identity, &p)
+	case protocol.OpReload:
+		s.reload(ctx, in.r, identity, w)
+	case protocol.OpAbort:
+		if w != nil {
+			s.metrics.ProtocolErrors.Inc()
+			s.log.Warn("ignored ABORT from a worker", "worker", w.id, "job_id", m.JobID)
+			return
+		}
+		s.abortRequest(ctx, in.r, identity, int64(m.JobID))
+	default:
+		s.metrics.ProtocolErrors.Inc()
+		s.log.Warn("unexpected message", "opcode", m.OpCode.String(), "worker", workerName(w, identity), "job_id", m.JobID)
+		s.replyErr(in.r, identity, m.JobID, fmt.Sprintf("unexpected %s message: a sentinel accepts IDENTIFY, HEARTBEAT, CONCLUDE, ERR, ENV_READY, DEPLOY, RELOAD and ABORT", m.OpCode))
+	}
+}
+
+func workerName(w *worker, identity []byte) string {
+	if w != nil {
+		return w.id
+	}
+	return defaultWorkerID(identity)
+}
+
+func (s *Sentinel) decodePayload(r *routerSock, identity []byte, m protocol.Message, v any) bool {
+	if err := m.Unmarshal(v); err != nil {
+		s.metrics.ProtocolErrors.Inc()
+		s.log.Warn("dropped a message with a bad payload", "opcode", m.OpCode.String(), "job_id", m.JobID, "error", err)
+		s.replyErr(r, identity, m.JobID, err.Error())
+		return false
+	}
+	return true
+}
+
+func (s *Sentinel) replyErr(r *routerSock, identity []byte, jobID uint64, msg string) {
+	m, err := protocol.NewMessage(protocol.OpErr, jobID, protocol.ErrorPayload{Message: msg})
+	if err == nil {
+		s.sendTo(r, identity, m)
+	}
+}
+
+// askIdentify tells an unknown peer to register (after a sentinel restart
+// or an eviction); workers listing ExtReidentify do so.
+func (s *Sentinel) askIdentify(r *routerSock, identity []byte) {
+	s.replyErr(r, identity, 0, protocol.ReidentifyPrefix+" (this sentinel does not know this connection)")
+}
+
+// heartbeat records a worker's status and extends the leases of the jobs it
+// reports; it ABORTs jobs the worker runs but no longer owns.
+func (s *Sentinel) heartbeat(ctx context.Context, w *worker, p *protocol.HeartbeatPayload) {
+	wasDraining := w.draining
+	w.draining = p.Status == protocol.WorkerDraining
+	if p.Slots > 0 {
+		w.slots = p.Slots
+	}
+	ids := p.ActiveJobIDs
+	if ids == nil && p.CurrentJobID != nil {
+		ids = []int64{*p.CurrentJobID}
+	}
+	for _, id := range ids {
+		rj := w.jobs[id]
+		if rj == nil {
+			// Not dispatched through this registration: adopt it if the
+			// queue says this worker still holds the lease (the sentinel
+			// restarted), else the worker runs a job that moved on.
+			j, err := s.st.Get(ctx, id)
+			if err != nil || j.Status != store.StatusRunning || j.LeaseOwner != w.id {
+				s.abortStale(ctx, w, id, "the job is no longer leased to this worker")
+				continue
+			}
+			rj = &running{attempt: j.Attempt, dispatched: time.Now()}
+			w.jobs[id] = rj
+			s.log.Info(fmt.Sprintf("[Job %d] adopted from worker %s (attempt %d)", id, w.id, j.Attempt))
+		}
+		if _, err := s.st.ExtendLease(ctx, id, rj.attempt, w.id, s.cfg.Lease); err != nil {
+			if errors.Is(err, store.ErrStaleAttempt) {
+				delete(w.jobs, id)
+				s.abortStale(ctx, w, id, "its lease expired and the job was requeued")
+				continue
+			}
+			s.metrics.DBErrors.Inc()
+			s.log.Warn(fmt.Sprintf("[Job %d] could not extend the lease", id), "error", err)
+		}
+	}
+	if w.draining != wasDraining || len(ids) > 0 || time.Since(w.since) < time.Second {
+		s.saveWorker(ctx, w, store.WorkerActive, "")
+	}
+	if w.draining && !wasDraining {
+		s.log.Info("worker is draining; no new jobs go to it", "worker", w.id, "jobs", len(w.jobs))
+	}
+	s.updateGauges()
+}
+
+// abortStale tells w to stop a job it no longer owns: its output would be
+// rejected anyway.
+func (s *Sentinel) abortStale(ctx context.Context, w *worker, id int64, why string) {
+	// Heartbeats queued while a worker was stopped arrive in a burst: one
+	// ABORT per job and few seconds is enough.
+	if at, ok := w.aborted[id]; ok && time.Since(at) < 5*time.Second {
+		return
+	}
+	if w.aborted == nil || len(w.aborted) > 1024 {
+		w.aborted = map[int64]time.Time{}
+	}
+	w.aborted[id] = time.Now()
+	s.log.Warn(fmt.Sprintf("[Job %d] worker %s still runs it, but %s: sending ABORT", id, w.id, why))
+	m, _ := protocol.NewMessage(protocol.OpAbort, uint64(id), nil)
+	s.send(ctx, w, m)
+}
+
+// conclude records a CONCLUDE (or an ERR about a job), fenced by attempt.
+func (s *Sentinel) conclude(ctx context.Context, r *routerSock, identity []byte, w *worker, id int64, rc *protocol.JobReceipt) {
+	start := time.Now()
+	defer func() { s.metrics.ConcludeTimeMicros.Add(float64(time.Since(start).Microseconds())) }()
+	if id <= 0 {
+		s.metrics.ProtocolErrors.Inc()
+		s.log.Warn("CONCLUDE without a job id", "worker", workerName(w, identity))
+		return
+	}
+	attempt := rc.Attempt
+	var rj *running
+	if w != nil {
+		rj = w.jobs[id]
+	}
+	if attempt == 0 && rj != nil {
+		attempt = rj.attempt
+	}
+	if attempt == 0 {
+		// A v4 worker that does not echo attempts, unknown to this
+		// registration: accept it only if it holds the lease.
+		if j, err := s.st.Get(ctx, id); err == nil && j.Status == store.StatusRunning && w != nil && j.LeaseOwner == w.id {
+			attempt = j.Attempt
+		}
+	}
+	out := store.Outcome{Status: store.ReceiptStatus(rc.Status), Error: rc.ErrorMessage,
+		Metrics: rc.Metrics, Artifacts: rc.Artifacts}
+	if rc.Status == protocol.StatusAborted && rc.Requeue {
+		out.Requeue = true
+	}
+	tr, err := s.st.Conclude(ctx, id, attempt, out)
+	if w != nil && rj != nil && (rj.attempt == attempt || errors.Is(err, store.ErrStaleAttempt)) {
+		delete(w.jobs, id)
+	}
+	if w != nil && w.exts[protocol.ExtConcludeAck] {
+		ack, _ := protocol.NewMessage(protocol.OpAck, uint64(id), protocol.DeployResponse{Success: err == nil || errors.Is(err, store.ErrStaleAttempt),
+			Message: ackMessage(err)})
+		s.send(ctx, w, ack)
+	}
+	switch {
+	case errors.Is(err, store.ErrStaleAttempt), errors.Is(err, store.ErrJobNotFound):
+		s.metrics.StaleConclusions.Inc()
+		s.log.Warn(fmt.Sprintf("[Job %d] rejected a late CONCLUDE %s from worker %s for attempt %d: the job was re-dispatched or already concluded; its output is ignored",
+			id, rc.Status, workerName(w, identity), attempt))
+		return
+	case err != nil:
+		s.metrics.DBErrors.Inc()
+		s.log.Error(fmt.Sprintf("[Job %d] could not record CONCLUDE %s; the lease will expire and the job be retried", id, rc.Status),
+			"error", err)
+		return
+	}
+	switch rc.Status {
+	case protocol.StatusRejected:
+		s.metrics.JobsRejected.Inc()
+	case protocol.StatusAborted:
+		s.metrics.JobsAborted.Inc()
+	}
+	s.countTransitions([]store.Transition{tr})
+	if rj != nil {
+		s.metrics.JobDuration.Observe(time.Since(rj.dispatched).Seconds())
+	}
+	attrs := []any{"job_id", id, "worker", workerName(w, identity), "attempt", attempt, "status", tr.To}
+	switch tr.To {
+	case store.StatusCompleted:
+		s.log.Info("job completed", append(attrs, "rows", rc.Metrics["rows"])...)
+	case store.StatusQueued:
+		s.log.Info(fmt.Sprintf("[Job %d] requeued after %s (retry %d)", id, rc.Status, tr.RetryCount), attrs...)
+	default:
+		s.log.Warn(fmt.Sprintf("[Job %d] failed: %s", id, firstLine(tr.Error)), attrs...)
+	}
+	if w != nil {
+		s.updateGauges()
+	}
+}
+
+func ackMessage(err error) string {
+	if err == nil {
+		return "recorded"
+	}
+	return err.Error()
+}
+
+// countTransitions updates the counters for status changes.
+func (s *Sentinel) countTransitions(trs []store.Transition) {
+	for _, tr := range trs {
+		switch tr.To {
+		case store.StatusCompleted:
+			s.metrics.JobsCompleted.Inc()
+		case store.StatusFailed:
+			s.metrics.JobsFailed.Inc()
+		case store.StatusQueued:
+			s.metrics.JobsRequeued.Inc()
+		}
+	}
+}
+
+// reap requeues jobs whose lease expired and ABORTs them on workers that
+// still hold them.
+func (s *Sentinel) reap(ctx context.Context) {
+	trs, err := s.st.ReapExpired(ctx, time.Now())
+	if err != nil {
+		s.metrics.DBErrors.Inc()
+		s.log.Error("reaping expired leases failed", "error", err)
+		return
+	}
+	s.countTransitions(trs)
+	for _, tr := range trs {
+		s.metrics.LeasesExpired.Inc()
+		s.log.Warn(fmt.Sprintf("[Job %d] lease of worker %s (attempt %d) expired; job is now %s", tr.ID, tr.Owner, tr.Attempt, tr.To))
+		if w := s.byID[tr.Owner]; w != nil {
+			if rj := w.jobs[tr.ID]; rj != nil && rj.attempt == tr.Attempt {
+				delete(w.jobs, tr.ID)
+				s.abortStale(ctx, w, tr.ID, "its lease expired")
+			}
+		}
+	}
+	if len(trs) > 0 {
+		s.updateGauges()
+	}
+}
+
+// deploy handles DEPLOY: verify artifact_hash = sha256(source ‖ lockfile),
+// then store the manifest as ACTIVE (superseding older ones) and ACK.
+func (s *Sentinel) deploy(ctx context.Context, r *routerSock, identity []byte, p *protocol.DeployCommand) {
+	fail := func(msg string) {
+		s.metrics.Deploys.WithLabelValues("error").Inc()
+		s.log.Warn("DEPLOY refused", "plugin", p.PluginName, "version", p.Version, "reason", msg)
+		s.replyErr(r, identity, 0, "deploy "+p.PluginName+": "+msg)
+	}
+	if !validPluginName(p.PluginName) {
+		fail("plugin_name must be 1-100 characters of letters, digits, '_', '-' or '.'")
+		return
+	}
+	if p.SourceCode == "" {
+		fail("source_code is empty")
+		return
+	}
+	if want := sha256Hex(p.SourceCode, p.LockfileContent); !strings.EqualFold(p.ArtifactHash, want) {
+		fail(fmt.Sprintf("artifact_hash %q does not match sha256(source_code + lockfile_content) = %s", p.ArtifactHash, want))
+		return
+	}
+	envHash := p.EnvHash
+	if p.LockfileContent == "" {
+		envHash = ""
+	} else if want := sha256Hex(p.LockfileContent); !strings.EqualFold(envHash, want) {
+		fail(fmt.Sprintf("env_hash %q does not match sha256(lockfile_content) = %s", envHash, want))
+		return
+	}
+	id, err := s.st.AddPlugin(ctx, store.PluginSpec{Name: p.PluginName, Version: p.Version, SourceCode: p.SourceCode,
+		EnvHash: envHash, ArtifactHash: strings.ToLower(p.ArtifactHash)})
+	if err != nil {
+		s.metrics.DBErrors.Inc()
+		fail(err.Error())
+		return
+	}
+	s.metrics.Deploys.WithLabelValues("ok").Inc()
+	s.log.Info("plugin deployed", "plugin", p.PluginName, "version", p.Version, "manifest_id", id, "publisher", p.PublisherName)
+	m, _ := protocol.NewMessage(protocol.OpAck, 0, protocol.DeployResponse{Success: true,
+		Message: fmt.Sprintf("deployed %s %s as manifest %d (ACTIVE)", p.PluginName, p.Version, id), PluginID: &id})
+	s.sendTo(r, identity, m)
+	s.Wake()
+}
+
+func validPluginName(n string) bool {
+	if n == "" || len(n) > 100 {
+		return false
+	}
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// reload handles RELOAD from an operator: sinks and manifests are read from
+// SQLite at every dispatch, so there is no cache to refresh; the RELOAD is
+// broadcast to the workers (as the original's Python sentinel did) and the
+// queue is looked at again.
+func (s *Sentinel) reload(ctx context.Context, r *routerSock, identity []byte, w *worker) {
+	if w != nil {
+		s.log.Info("ignored RELOAD from a worker", "worker", w.id)
+		return
+	}
+	m, _ := protocol.NewMessage(protocol.OpReload, 0, nil)
+	for _, key := range slices.Clone(s.order) {
+		if ww := s.workers[key]; ww != nil {
+			s.send(ctx, ww, m)
+		}
+	}
+	s.log.Info("RELOAD: configuration is read per dispatch; broadcast to workers", "workers", len(s.workers))
+	ack, _ := protocol.NewMessage(protocol.OpAck, 0, protocol.DeployResponse{Success: true,
+		Message: fmt.Sprintf("reloaded; RELOAD sent to %d workers", len(s.workers))})
+	s.sendTo(r, identity, ack)
+	s.Wake()
+}
+
+// abortRequest handles ABORT from an operator peer: forward it to the
+// worker running the job.
+func (s *Sentinel) abortRequest(ctx context.Context, r *routerSock, identity []byte, id int64) {
+	for _, w := range s.workers {
+		if _, ok := w.jobs[id]; ok {
+			m, _ := protocol.NewMessage(protocol.OpAbort, uint64(id), nil)
+			s.send(ctx, w, m)
+			s.log.Info(fmt.Sprintf("[Job %d] ABORT requested; forwarded to worker %s", id, w.id))
+			ack, _ := protocol.NewMessage(protocol.OpAck, uint64(id), protocol.DeployResponse{Success: true,
+				Message: fmt.Sprintf("ABORT sent to worker %s", w.id)})
+			s.sendTo(r, identity, ack)
+			return
+		}
+	}
+	s.replyErr(r, identity, uint64(id), fmt.Sprintf("job %d is not running on a connected worker", id))
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
