@@ -50,28 +50,46 @@ type conn struct {
 	// the conn without closing it, and the timer must then close it).
 	awaitRead bool
 
-	// Write side.
+	// Write side, guarded by wmu.
 	wmu     sync.Mutex
 	swallow []byte // bytes zmq4 will write that were already sent
 	wlog    []byte // bytes zmq4 wrote during the handshake (bounded)
 
-	done   atomic.Bool // handshake finished
+	// Asynchronous send path (sendq.go), used once done is set if async.
+	async    bool
+	maxSend  int64
+	wtimeout time.Duration
+	blocks   []*sendBlock // queued, FIFO; tail is the last one or nil
+	tail     *sendBlock   // block that Writes may still append to
+	queued   int64        // bytes queued plus bytes in the writer's batch
+	werr     error        // sticky error returned by later Writes
+	wstarted bool         // writer goroutine started
+	wstate   int          // wRunning, wDrain, wStop
+	wcond    sync.Cond    // signals the writer; L is &wmu
+	drainBy  atomic.Int64 // UnixNano deadline of the flush after Close
+
+	done   atomic.Bool // handshake finished; set under wmu
 	timer  *time.Timer
-	closed atomic.Bool
+	closed atomic.Bool // Close or a drop started; no more Writes
 }
 
 func newConn(c net.Conn, reg *registry, lim Limits) *conn {
 	hc := &conn{
-		Conn:   c,
-		reg:    reg,
-		parser: newFrameParser(lim.MaxFrameSize, lim.MaxMessageSize),
+		Conn:     c,
+		reg:      reg,
+		parser:   newFrameParser(lim.MaxFrameSize, lim.MaxMessageSize),
+		async:    lim.MaxSendBuffer >= 0,
+		maxSend:  lim.MaxSendBuffer,
+		wtimeout: lim.WriteTimeout,
 	}
+	hc.wcond.L = &hc.wmu
 	_ = c.SetDeadline(time.Now().Add(lim.HandshakeTimeout))
 	hc.timer = time.AfterFunc(lim.HandshakeTimeout, func() {
 		// Must not touch hc.timer here: it may not be assigned yet.
 		if !hc.done.Load() && hc.closed.CompareAndSwap(false, true) {
 			reg.stats.handshakeTimeouts.Add(1)
 			_ = hc.Conn.Close()
+			hc.stopWriter() // in case the handshake finished meanwhile
 		}
 	})
 	return hc
@@ -80,8 +98,9 @@ func newConn(c net.Conn, reg *registry, lim Limits) *conn {
 // closeRaw closes the underlying conn once.
 func (c *conn) closeRaw() { c.closeCounting(nil) }
 
-// closeCounting closes the underlying conn and, if this call closed it,
-// increments counter (so each dropped conn is counted once).
+// closeCounting closes the underlying conn at once (dropping queued sends)
+// and, if this call closed it, increments counter (so each dropped conn is
+// counted once).
 func (c *conn) closeCounting(counter *atomic.Uint64) {
 	if c.closed.CompareAndSwap(false, true) {
 		if counter != nil {
@@ -89,22 +108,44 @@ func (c *conn) closeCounting(counter *atomic.Uint64) {
 		}
 		c.timer.Stop()
 		_ = c.Conn.Close()
+		c.stopWriter()
 	}
 }
 
-// Close closes the connection.
+// Close closes the connection. Bytes still queued on the asynchronous send
+// path are flushed first, in the background, for at most WriteTimeout (as
+// if zmq4 had written them synchronously before closing); reads fail at
+// once.
 func (c *conn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.timer.Stop()
-		return c.Conn.Close()
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
 	}
-	return nil
+	c.timer.Stop()
+	c.wmu.Lock()
+	if c.wstarted && c.wstate == wRunning && c.queued > 0 && c.werr == nil {
+		c.drainBy.Store(time.Now().Add(c.wtimeout).UnixNano())
+		c.wstate = wDrain
+		c.wcond.Signal()
+		c.wmu.Unlock()
+		_ = c.Conn.SetReadDeadline(aLongTimeAgo) // unblock zmq4's reader
+		return nil
+	}
+	c.wmu.Unlock()
+	err := c.Conn.Close()
+	c.stopWriter()
+	return err
 }
 
+// finishHandshake clears the handshake deadline and switches Writes to the
+// asynchronous path. It holds wmu so that no Write goes async (and no
+// writer arms a write deadline) before the deadline is cleared.
 func (c *conn) finishHandshake() {
-	if c.done.CompareAndSwap(false, true) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.done.Load() {
 		c.timer.Stop()
 		_ = c.Conn.SetDeadline(time.Time{})
+		c.done.Store(true)
 	}
 }
 
@@ -132,6 +173,9 @@ func (c *conn) Read(b []byte) (int, error) {
 	if c.awaitRead {
 		c.awaitRead = false
 		c.finishHandshake()
+	}
+	if c.closed.Load() && c.done.Load() {
+		return 0, c.closedErr("read")
 	}
 	if len(c.pre) > 0 {
 		n = copy(b, c.pre)
@@ -165,17 +209,28 @@ func (c *conn) Read(b []byte) (int, error) {
 			}
 		}
 	}
-	if err != nil && !c.done.Load() {
-		// zmq4 does not close the net.Conn when Open fails.
-		c.closeRaw()
+	if err != nil {
+		if !c.done.Load() {
+			// zmq4 does not close the net.Conn when Open fails.
+			c.closeRaw()
+		} else if c.closed.Load() {
+			// Unblocked by Close while the send queue is flushed: report
+			// a permanent error, not the deadline.
+			err = c.closedErr("read")
+		}
 	}
 	return n, err
 }
 
-// Write writes b, first discarding the bytes the listener already sent on
-// zmq4's behalf (its greeting).
+// Write writes b. During the handshake it writes synchronously, first
+// discarding the bytes the listener already sent on zmq4's behalf (its
+// greeting). Afterwards (unless MaxSendBuffer < 0) it queues b for the
+// conn's writer goroutine and returns at once; see sendq.go.
 func (c *conn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
+	if c.async && c.done.Load() && len(c.swallow) == 0 {
+		return c.enqueue(b) // unlocks wmu
+	}
 	if !c.done.Load() && len(c.wlog) < maxWriteLog {
 		c.wlog = append(c.wlog, b[:min(len(b), maxWriteLog-len(c.wlog))]...)
 	}

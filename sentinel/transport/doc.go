@@ -13,6 +13,12 @@
 //     security handshake) synchronously inside the accept loop, with no
 //     deadline. One client that connects and stays silent blocks every later
 //     connection forever. A failed Open does not even close the net.Conn.
+//   - Head-of-line blocking on send: a socket writes to a peer
+//     synchronously while holding a socket-wide lock (ROUTER: one mutex
+//     around Conn.SendMsg; DEALER/PUSH/PUB likewise), with no per-peer
+//     queue or HWM. Once a peer stops reading and its TCP buffers fill,
+//     net.Conn.Write blocks, and with it every Send of the socket, to every
+//     peer.
 //
 // # What this package enforces
 //
@@ -51,6 +57,22 @@
 //     closes the connection and fails the Read before zmq4 can allocate.
 //   - Message cap (Limits.MaxMessageSize, default 256 MiB + 64): total body
 //     bytes of the frames of one multipart message.
+//   - Asynchronous bounded sends: once the handshake is finished, Write
+//     copies its bytes (once, into pooled 64 KiB blocks) onto a per-conn
+//     FIFO and returns at once; a writer goroutine per conn drains the FIFO
+//     in order, coalescing queued chunks into one writev of up to 1 MiB. So
+//     zmq4's socket lock is never held across network I/O, and a stalled
+//     peer no longer delays Sends to the others.
+//     Limits.MaxSendBuffer (default 65 MiB, one maximal frame plus headroom)
+//     bounds the bytes queued or being written for one peer: a Write that
+//     would exceed it closes the conn (Stats.SendOverflows) and fails with
+//     KindSendBufferFull. Limits.WriteTimeout (default 30 s) is the deadline
+//     of every network write: a peer that accepts no bytes for that long is
+//     dropped (Stats.WriteTimeouts; later Writes fail with KindWriteTimeout).
+//     Close returns at once but flushes what is queued, for at most
+//     WriteTimeout, before closing the socket (so "Send, then Close" still
+//     delivers); reads fail at once. Handshake writes stay synchronous.
+//     MaxSendBuffer < 0 disables the queue (zmq4's blocking behaviour).
 //
 // Violations are counted (see Stats) and surface to zmq4 as a non-timeout
 // net.Error, which makes zmq4 drop the connection.
@@ -74,9 +96,22 @@
 //     trickling the body; zmq4 has no connection limit, so the total is
 //     MaxFrameSize times the number of connections. Keep the listener on
 //     loopback/ipc or behind a firewall, and keep MaxFrameSize modest.
-//   - After the handshake there is no read deadline or heartbeat; a peer that
-//     stops reading can block zmq4's sends (its send path has no per-peer
-//     queue or HWM). Application-level timeouts are still required.
+//   - After the handshake there is no read deadline or heartbeat: a peer
+//     that sends nothing is never dropped by this package. Application-level
+//     heartbeats are still required.
+//   - The send queue replaces back-pressure with a drop: a successful Send
+//     only means the bytes were queued, and a sender that outpaces even a
+//     healthy peer by more than MaxSendBuffer (e.g. one multipart message
+//     larger than MaxSendBuffer, or a burst of large ones on a slow link)
+//     gets that peer dropped. Queued bytes of a dropped peer are lost. A
+//     peer that keeps accepting a few bytes per WriteTimeout is not dropped
+//     by the deadline, only by overflow if the sender keeps sending; a peer
+//     that stops is dropped between one and two WriteTimeouts after the
+//     last byte it accepted. Memory is up to MaxSendBuffer (plus two
+//     blocks) per connection.
+//   - The ROUTER Send whose Write overflows returns the error; later Sends
+//     to that peer fail with zmq4.ErrClosedConn until zmq4 has removed the
+//     conn, and are then silently discarded (as for any unknown identity).
 //   - zmq4's accept loop spins on Accept errors. Our listener never returns
 //     one except after Close: it backs off on temporary errors (e.g. EMFILE)
 //     in its own loop.

@@ -177,6 +177,8 @@ const (
 	KindMessageTooLarge LimitKind = "message-too-large"
 	KindBadGreeting     LimitKind = "bad-greeting"
 	KindBadHandshake    LimitKind = "bad-handshake"
+	KindSendBufferFull  LimitKind = "send-buffer-full"
+	KindWriteTimeout    LimitKind = "write-timeout"
 )
 
 // LimitError reports a connection closed because the peer violated a limit

@@ -26,6 +26,8 @@ const (
 	DefaultMaxFrameSize         = 64<<20 + 16
 	DefaultMaxMessageSize       = 256<<20 + 64
 	DefaultMaxPendingHandshakes = 256
+	DefaultWriteTimeout         = 30 * time.Second
+	DefaultMaxSendBuffer        = 64<<20 + 1<<20 // one 64 MiB frame plus headroom
 
 	// maxLimit keeps sums of limits far from uint64 overflow.
 	maxLimit = 1 << 62
@@ -44,6 +46,16 @@ type Limits struct {
 	// whose handshake has not been handed to zmq4 yet; extra conns are
 	// closed immediately.
 	MaxPendingHandshakes int
+	// WriteTimeout is the deadline of each write to the network on the
+	// asynchronous send path: a peer that accepts no bytes for that long
+	// is dropped.
+	WriteTimeout time.Duration
+	// MaxSendBuffer bounds the bytes queued (and being written) for one
+	// peer after its handshake; a Write that would exceed it drops the
+	// peer. Negative disables the asynchronous send path: writes then go
+	// straight to the network and may block zmq4's socket-wide send lock
+	// (zmq4's own behaviour).
+	MaxSendBuffer int64
 }
 
 // DefaultLimits returns the default limits.
@@ -53,6 +65,8 @@ func DefaultLimits() Limits {
 		MaxFrameSize:         DefaultMaxFrameSize,
 		MaxMessageSize:       DefaultMaxMessageSize,
 		MaxPendingHandshakes: DefaultMaxPendingHandshakes,
+		WriteTimeout:         DefaultWriteTimeout,
+		MaxSendBuffer:        DefaultMaxSendBuffer,
 	}
 }
 
@@ -71,6 +85,13 @@ func (l Limits) normalized() Limits {
 	if l.MaxPendingHandshakes <= 0 {
 		l.MaxPendingHandshakes = DefaultMaxPendingHandshakes
 	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = DefaultWriteTimeout
+	}
+	if l.MaxSendBuffer == 0 {
+		l.MaxSendBuffer = DefaultMaxSendBuffer
+	}
+	l.MaxSendBuffer = min(l.MaxSendBuffer, maxLimit)
 	return l
 }
 
@@ -82,6 +103,8 @@ type Stats struct {
 	OversizedFrames   uint64 // frame header above MaxFrameSize
 	OversizedMessages uint64 // multipart message above MaxMessageSize
 	RejectedPending   uint64 // closed because MaxPendingHandshakes was reached
+	SendOverflows     uint64 // a Write would have queued more than MaxSendBuffer
+	WriteTimeouts     uint64 // the peer accepted no bytes for WriteTimeout
 }
 
 type counters struct {
@@ -90,6 +113,8 @@ type counters struct {
 	oversizedFrames   atomic.Uint64
 	oversizedMessages atomic.Uint64
 	rejectedPending   atomic.Uint64
+	sendOverflows     atomic.Uint64
+	writeTimeouts     atomic.Uint64
 }
 
 type registry struct {
@@ -137,6 +162,8 @@ func CurrentStats() Stats {
 		OversizedFrames:   s.oversizedFrames.Load(),
 		OversizedMessages: s.oversizedMessages.Load(),
 		RejectedPending:   s.rejectedPending.Load(),
+		SendOverflows:     s.sendOverflows.Load(),
+		WriteTimeouts:     s.writeTimeouts.Load(),
 	}
 }
 
