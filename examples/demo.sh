@@ -13,3 +13,17 @@ echo "==> Python plugin: examples/python-csv (CSV orders -> topics orders + dail
 echo
 echo "==> Reading the Parquet back with pyarrow and DuckDB"
 "$PY" examples/python-csv/verify.py "$OUT/python-csv" examples/python-csv/data
+
+echo
+echo "==> The control plane: casparian start (sentinel + worker + SQLite queue in one process)"
+DB="$OUT/queue.db"
+"$BIN" enqueue --database "$DB" --plugin orders --plugin-file examples/python-csv/orders_plugin.py examples/python-csv/data
+# ipc:// keeps the demo off the network; tcp://127.0.0.1:5555 works the same.
+"$BIN" start --addr "ipc://$PWD/$OUT/sentinel.sock" --database "$DB" --output "$OUT/cluster" --python "$PY" \
+    --log-level warn --exit-when-done
+echo
+"$BIN" jobs --database "$DB"
+echo
+"$BIN" workers --database "$DB"
+echo
+"$PY" examples/python-csv/verify.py "$OUT/cluster" examples/python-csv/data
