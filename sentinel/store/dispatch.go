@@ -59,36 +59,71 @@ type Dispatch struct {
 // so the job does not stay RUNNING.
 func (s *Store) Resolve(ctx context.Context, id int64) (*Dispatch, error) {
 	var plugin, overrides string
-	var root, rel sql.NullString
-	err := s.r.QueryRowContext(ctx, `SELECT q.plugin_name, coalesce(q.config_overrides, ''), sr.path, fl.rel_path
-		FROM cf_processing_queue q
-		LEFT JOIN cf_file_version fv ON fv.id = q.file_version_id
-		LEFT JOIN cf_file_location fl ON fl.id = fv.location_id
-		LEFT JOIN cf_source_root sr ON sr.id = fl.source_root_id
-		WHERE q.id = ?`, id).Scan(&plugin, &overrides, &root, &rel)
+	var fv sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT plugin_name, coalesce(config_overrides, ''), file_version_id
+		FROM cf_processing_queue WHERE id = ?`, id).Scan(&plugin, &overrides, &fv)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("resolve job %d: %w", id, ErrJobNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("resolve job %d: %w", id, err)
 	}
-	if !root.Valid || !rel.Valid {
-		return nil, fmt.Errorf("resolve job %d: %w (file version, location or source root row absent)", id, ErrFileMissing)
-	}
-	path, err := JoinInRoot(root.String, rel.String)
+	path, err := s.FilePath(ctx, fv.Int64)
 	if err != nil {
 		return nil, fmt.Errorf("resolve job %d: %w", id, err)
 	}
-	d := &Dispatch{JobID: id, PluginName: plugin, FilePath: path, ConfigOverrides: overrides}
+	info, err := s.PluginDispatch(ctx, plugin)
+	if err != nil {
+		return nil, fmt.Errorf("resolve job %d: %w", id, err)
+	}
+	return &Dispatch{JobID: id, PluginName: plugin, FilePath: path, ConfigOverrides: overrides,
+		ManifestID: info.ManifestID, Version: info.Version, SourceCode: info.SourceCode, EnvHash: info.EnvHash,
+		ArtifactHash: info.ArtifactHash, Sinks: info.Sinks}, nil
+}
+
+// FilePath returns the absolute path of a file version: its source root
+// joined with its location's rel_path, which must stay inside the root. It
+// fails with ErrFileMissing or ErrPathEscapesRoot.
+func (s *Store) FilePath(ctx context.Context, fileVersionID int64) (string, error) {
+	var root, rel sql.NullString
+	err := s.r.QueryRowContext(ctx, `SELECT sr.path, fl.rel_path
+		FROM cf_file_version fv
+		LEFT JOIN cf_file_location fl ON fl.id = fv.location_id
+		LEFT JOIN cf_source_root sr ON sr.id = fl.source_root_id
+		WHERE fv.id = ?`, fileVersionID).Scan(&root, &rel)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return "", err
+	}
+	if !root.Valid || !rel.Valid {
+		return "", fmt.Errorf("file version %d: %w (file version, location or source root row absent)", fileVersionID, ErrFileMissing)
+	}
+	return JoinInRoot(root.String, rel.String)
+}
+
+// PluginInfo is what a DISPATCH needs of a plugin: its newest ACTIVE
+// manifest and its sinks.
+type PluginInfo struct {
+	ManifestID   int64
+	Version      string
+	SourceCode   string
+	EnvHash      string // "system" when NULL
+	ArtifactHash string
+	Sinks        []Sink
+}
+
+// PluginDispatch returns the plugin's newest ACTIVE manifest (by
+// created_at, then id) and its sinks, or ErrNoActiveManifest.
+func (s *Store) PluginDispatch(ctx context.Context, plugin string) (*PluginInfo, error) {
+	d := &PluginInfo{}
 	var env, art sql.NullString
-	err = s.r.QueryRowContext(ctx, `SELECT id, coalesce(version, ''), source_code, env_hash, artifact_hash
+	err := s.r.QueryRowContext(ctx, `SELECT id, coalesce(version, ''), source_code, env_hash, artifact_hash
 		FROM cf_plugin_manifest WHERE plugin_name = ? AND status = 'ACTIVE'
 		ORDER BY created_at DESC, id DESC LIMIT 1`, plugin).Scan(&d.ManifestID, &d.Version, &d.SourceCode, &env, &art)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("resolve job %d: plugin %q: %w", id, plugin, ErrNoActiveManifest)
+		return nil, fmt.Errorf("plugin %q: %w", plugin, ErrNoActiveManifest)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resolve job %d: %w", id, err)
+		return nil, err
 	}
 	d.EnvHash = "system"
 	if env.Valid && env.String != "" {
@@ -96,7 +131,7 @@ func (s *Store) Resolve(ctx context.Context, id int64) (*Dispatch, error) {
 	}
 	d.ArtifactHash = art.String
 	if d.Sinks, err = s.Sinks(ctx, plugin); err != nil {
-		return nil, fmt.Errorf("resolve job %d: %w", id, err)
+		return nil, err
 	}
 	return d, nil
 }

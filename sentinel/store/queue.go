@@ -174,7 +174,7 @@ func (s *Store) Claim(ctx context.Context, workerID string, capabilities []strin
 		RETURNING id, attempt, file_version_id, plugin_name, coalesce(priority, 0),
 			coalesce(config_overrides, ''), coalesce(retry_count, 0)`
 	var c *Claimed
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
 		var got Claimed
 		err := tx.QueryRowContext(ctx, q, args...).Scan(&got.ID, &got.Attempt, &got.FileVersionID,
 			&got.PluginName, &got.Priority, &got.ConfigOverrides, &got.RetryCount)
@@ -204,7 +204,7 @@ func (s *Store) ExtendLease(ctx context.Context, id, attempt int64, workerID str
 	}
 	exp := s.now().Add(lease)
 	var n int64
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE cf_processing_queue SET lease_expires_at = ?
 			WHERE id = ? AND status = 'RUNNING' AND attempt = ? AND lease_owner = ?`,
 			fmtTime(exp), id, attempt, workerID)

@@ -139,6 +139,9 @@ type Store struct {
 	r    *sql.DB // read pool, query_only
 	opts Options
 	path string
+	// curSync is the writer connection's PRAGMA synchronous; only touched
+	// while holding that (single) connection.
+	curSync string
 }
 
 // Open opens (creating if needed) the database named by dsn, which is
@@ -169,7 +172,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxIdleTime(0)
 	w.SetConnMaxLifetime(0)
-	s := &Store{w: w, opts: opts, path: path}
+	s := &Store{w: w, opts: opts, path: path, curSync: opts.Synchronous}
 	if err := w.PingContext(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -238,8 +241,25 @@ func (s *Store) Close() error {
 // reached. fn may therefore run more than once and must reset whatever it
 // collects.
 func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.writeTxSync(ctx, s.opts.Synchronous, fn)
+}
+
+// softWriteTx is writeTx for soft state (claims, lease extensions, the
+// worker registry): it commits at synchronous=NORMAL, without an fsync.
+// Such a commit survives a process crash; only a power loss or OS crash can
+// drop it, and then the job is simply dispatched again (outputs are keyed by
+// job id, conclusions fenced). Enqueue and Conclude keep Options.Synchronous.
+func (s *Store) softWriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	mode := "NORMAL"
+	if s.opts.Synchronous == "OFF" {
+		mode = "OFF"
+	}
+	return s.writeTxSync(ctx, mode, fn)
+}
+
+func (s *Store) writeTxSync(ctx context.Context, mode string, fn func(tx *sql.Tx) error) error {
 	for try := 0; ; try++ {
-		err := s.writeTxOnce(ctx, fn)
+		err := s.writeTxOnce(ctx, mode, fn)
 		if err == nil || !isBusy(err) || try >= maxBusyRetries {
 			return err
 		}
@@ -262,8 +282,21 @@ type errCommit struct{ err error }
 func (e errCommit) Error() string { return "commit: " + e.err.Error() }
 func (e errCommit) Unwrap() error { return e.err }
 
-func (s *Store) writeTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
+func (s *Store) writeTxOnce(ctx context.Context, mode string, fn func(tx *sql.Tx) error) error {
+	// The pool has exactly one connection, so holding it serializes writers
+	// and makes curSync safe to touch.
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if s.curSync != mode {
+		if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = "+mode); err != nil {
+			return err
+		}
+		s.curSync = mode
+	}
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
