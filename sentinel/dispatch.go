@@ -91,25 +91,28 @@ func (s *Sentinel) dispatchOne(ctx context.Context, w *worker) (bool, error) {
 }
 
 func (s *Sentinel) buildDispatch(ctx context.Context, c *store.Claimed) (*protocol.DispatchCommand, error) {
-	d, err := s.st.Resolve(ctx, c.ID)
+	path, err := s.st.FilePath(ctx, c.FileVersionID)
 	if err != nil {
-		switch {
-		case errors.Is(err, store.ErrNoActiveManifest):
-			return nil, fmt.Errorf("%w for plugin %q: deploy it (casparian enqueue --plugin-file, or DEPLOY)", err, c.PluginName)
+		return nil, err
+	}
+	info, err := s.pluginInfo(ctx, c.PluginName)
+	if err != nil {
+		if errors.Is(err, store.ErrNoActiveManifest) {
+			return nil, fmt.Errorf("%w: deploy it (casparian enqueue --plugin-file, or DEPLOY)", err)
 		}
 		return nil, err
 	}
-	sinks, err := applyOverrides(d.Sinks, d.ConfigOverrides)
+	sinks, err := applyOverrides(info.Sinks, c.ConfigOverrides)
 	if err != nil {
 		return nil, err
 	}
 	cmd := &protocol.DispatchCommand{
-		PluginName:    d.PluginName,
-		FilePath:      d.FilePath,
+		PluginName:    c.PluginName,
+		FilePath:      path,
 		FileVersionID: c.FileVersionID,
-		EnvHash:       d.EnvHash,
-		SourceCode:    d.SourceCode,
-		ArtifactHash:  d.ArtifactHash,
+		EnvHash:       info.EnvHash,
+		SourceCode:    info.SourceCode,
+		ArtifactHash:  info.ArtifactHash,
 		Attempt:       c.Attempt,
 	}
 	for _, k := range sinks {

@@ -222,7 +222,10 @@ func (s *Sentinel) conclude(ctx context.Context, r *routerSock, identity []byte,
 		out.Requeue = true
 	}
 	tr, err := s.st.Conclude(ctx, id, attempt, out)
-	if w != nil && rj != nil && (rj.attempt == attempt || errors.Is(err, store.ErrStaleAttempt)) {
+	// Forget the job only if this CONCLUDE was about the attempt w holds: a
+	// late CONCLUDE of an earlier attempt must not free the slot of the
+	// attempt the worker runs now.
+	if w != nil && rj != nil && rj.attempt == attempt {
 		delete(w.jobs, id)
 	}
 	if w != nil && w.exts[protocol.ExtConcludeAck] {
@@ -346,6 +349,7 @@ func (s *Sentinel) deploy(ctx context.Context, r *routerSock, identity []byte, p
 		fail(err.Error())
 		return
 	}
+	s.forgetPlugins()
 	s.metrics.Deploys.WithLabelValues("ok").Inc()
 	s.log.Info("plugin deployed", "plugin", p.PluginName, "version", p.Version, "manifest_id", id, "publisher", p.PublisherName)
 	m, _ := protocol.NewMessage(protocol.OpAck, 0, protocol.DeployResponse{Success: true,
@@ -366,22 +370,23 @@ func validPluginName(n string) bool {
 	return true
 }
 
-// reload handles RELOAD from an operator: sinks and manifests are read from
-// SQLite at every dispatch, so there is no cache to refresh; the RELOAD is
-// broadcast to the workers (as the original's Python sentinel did) and the
-// queue is looked at again.
+// reload handles RELOAD from an operator: it clears the plugin cache (so
+// manifests and sinks are read again from SQLite), broadcasts the RELOAD to
+// the workers (as the original's Python sentinel did) and looks at the
+// queue again.
 func (s *Sentinel) reload(ctx context.Context, r *routerSock, identity []byte, w *worker) {
 	if w != nil {
 		s.log.Info("ignored RELOAD from a worker", "worker", w.id)
 		return
 	}
+	s.forgetPlugins()
 	m, _ := protocol.NewMessage(protocol.OpReload, 0, nil)
 	for _, key := range slices.Clone(s.order) {
 		if ww := s.workers[key]; ww != nil {
 			s.send(ctx, ww, m)
 		}
 	}
-	s.log.Info("RELOAD: configuration is read per dispatch; broadcast to workers", "workers", len(s.workers))
+	s.log.Info("RELOAD: plugin cache cleared; broadcast to workers", "workers", len(s.workers))
 	ack, _ := protocol.NewMessage(protocol.OpAck, 0, protocol.DeployResponse{Success: true,
 		Message: fmt.Sprintf("reloaded; RELOAD sent to %d workers", len(s.workers))})
 	s.sendTo(r, identity, ack)

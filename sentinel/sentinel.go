@@ -126,6 +126,7 @@ type Sentinel struct {
 	workers map[string]*worker // by routeKey (endpoint index + routing identity)
 	byID    map[string]*worker // by worker_id
 	order   []string           // routing identities, rotated for fairness
+	plugins map[string]cachedPlugin
 }
 
 // New validates cfg and returns a Sentinel. It registers the metrics.
