@@ -144,5 +144,7 @@ func transportStats(st transport.Stats) map[string]uint64 {
 		"oversized_frame":     st.OversizedFrames,
 		"oversized_message":   st.OversizedMessages,
 		"too_many_handshakes": st.RejectedPending,
+		"send_buffer_full":    st.SendOverflows,
+		"write_timeout":       st.WriteTimeouts,
 	}
 }
