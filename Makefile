@@ -1,7 +1,7 @@
 # Casparian Flow — the targets a newcomer guesses.
 #   make demo    run the example plugins end to end and read the Parquet back
 #   make test    everything a user relies on (Go with -race, Python SDK, end to end)
-#   make bench   Parquet sink and Python bridge vs pyarrow, side by side
+#   make bench   Parquet sink and Python bridge vs pyarrow, dispatch latency, side by side
 #   make fuzz    the decoders' fuzz targets, briefly
 #   make lint    gofmt + go vet + staticcheck (pinned)
 #   make build   bin/casparian (static, CGO_ENABLED=0)
@@ -51,6 +51,7 @@ demo: build venv
 bench: build venv
 	$(PY) bench/sink_bench.py
 	$(PY) bench/bridge_bench.py
+	$(GO) run ./bench/dispatchbench
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./bridge
