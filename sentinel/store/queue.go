@@ -1,12 +1,14 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 )
@@ -133,11 +135,25 @@ func (s *Store) Enqueue(ctx context.Context, fileVersionID int64, pluginName str
 // lease_expires_at=now+lease, in one BEGIN IMMEDIATE transaction. It
 // returns (nil, nil) when nothing is claimable.
 func (s *Store) Claim(ctx context.Context, workerID string, capabilities []string, lease time.Duration) (*Claimed, error) {
+	cs, err := s.ClaimN(ctx, workerID, capabilities, lease, 1)
+	if err != nil || len(cs) == 0 {
+		return nil, err
+	}
+	return cs[0], nil
+}
+
+// ClaimN claims up to n due jobs for workerID in one transaction, in claim
+// order (highest priority, then lowest id), each under its own lease and
+// attempt. It returns none when no job the capabilities allow is due.
+func (s *Store) ClaimN(ctx context.Context, workerID string, capabilities []string, lease time.Duration, n int) ([]*Claimed, error) {
 	if workerID == "" {
 		return nil, errors.New("claim: empty worker id")
 	}
 	if lease <= 0 {
 		return nil, fmt.Errorf("claim: lease must be positive, got %v", lease)
+	}
+	if n <= 0 {
+		return nil, nil
 	}
 	all := false
 	var names []string
@@ -165,34 +181,43 @@ func (s *Store) Claim(ctx context.Context, workerID string, capabilities []strin
 			args = append(args, n)
 		}
 	}
+	args = append(args, n)
 	q := `UPDATE cf_processing_queue SET status = 'RUNNING', claim_time = ?, attempt = attempt + 1,
 		lease_owner = ?, lease_expires_at = ?, worker_host = ?, end_time = NULL
-		WHERE id = (SELECT id FROM cf_processing_queue
+		WHERE id IN (SELECT id FROM cf_processing_queue
 			WHERE status = 'QUEUED' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)` + filter + `
-			ORDER BY priority DESC, id ASC LIMIT 1)
+			ORDER BY priority DESC, id ASC LIMIT ?)
 		AND status = 'QUEUED'
 		RETURNING id, attempt, file_version_id, plugin_name, coalesce(priority, 0),
 			coalesce(config_overrides, ''), coalesce(retry_count, 0)`
-	var c *Claimed
+	var out []*Claimed
 	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
-		var got Claimed
-		err := tx.QueryRowContext(ctx, q, args...).Scan(&got.ID, &got.Attempt, &got.FileVersionID,
-			&got.PluginName, &got.Priority, &got.ConfigOverrides, &got.RetryCount)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
+		out = out[:0] // fn may be retried
+		rows, err := tx.QueryContext(ctx, q, args...)
 		if err != nil {
 			return err
 		}
-		got.LeaseOwner = workerID
-		got.LeaseExpiresAt = exp
-		c = &got
-		return nil
+		defer rows.Close()
+		for rows.Next() {
+			c := &Claimed{LeaseOwner: workerID, LeaseExpiresAt: exp}
+			if err := rows.Scan(&c.ID, &c.Attempt, &c.FileVersionID, &c.PluginName, &c.Priority,
+				&c.ConfigOverrides, &c.RetryCount); err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return rows.Err()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
-	return c, nil
+	slices.SortFunc(out, func(a, b *Claimed) int {
+		if a.Priority != b.Priority {
+			return cmp.Compare(b.Priority, a.Priority)
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	return out, nil
 }
 
 // ExtendLease moves the lease of a RUNNING attempt to now+lease (a
@@ -236,47 +261,87 @@ func (s *Store) ExtendLease(ctx context.Context, id, attempt int64, workerID str
 func (s *Store) Conclude(ctx context.Context, id, attempt int64, out Outcome) (Transition, error) {
 	var tr Transition
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		var status, owner sql.NullString
-		var cur, retries sql.NullInt64
-		err := tx.QueryRowContext(ctx, `SELECT status, attempt, coalesce(retry_count, 0), lease_owner
-			FROM cf_processing_queue WHERE id = ?`, id).Scan(&status, &cur, &retries, &owner)
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrJobNotFound
-		}
-		if err != nil {
-			return err
-		}
-		if status.String != StatusRunning || cur.Int64 != attempt {
-			return fmt.Errorf("%w: job is %s at attempt %d", ErrStaleAttempt, status.String, cur.Int64)
-		}
-		now := s.now()
-		j := running{id: id, attempt: attempt, owner: owner.String, retries: retries.Int64}
-		switch out.Status {
-		case ReceiptSuccess:
-			tr, err = s.complete(ctx, tx, j, out, now)
-		case ReceiptFailed:
-			if out.Retriable {
-				tr, err = s.retryOrFail(ctx, tx, j, errText(out.Error, "failed"), now)
-			} else {
-				tr, err = s.fail(ctx, tx, j, errText(out.Error, "failed"), now)
-			}
-		case ReceiptRejected:
-			tr, err = s.retryOrFail(ctx, tx, j, errText(out.Error, "rejected by worker"), now)
-		case ReceiptAborted:
-			if out.Requeue {
-				tr, err = s.retryOrFail(ctx, tx, j, errText(out.Error, "aborted"), now)
-			} else {
-				tr, err = s.fail(ctx, tx, j, errText(out.Error, "aborted"), now)
-			}
-		default:
-			return fmt.Errorf("unknown receipt status %q", out.Status)
-		}
+		var err error
+		tr, err = s.concludeTx(ctx, tx, id, attempt, out)
 		return err
 	})
 	if err != nil {
 		return Transition{}, fmt.Errorf("conclude job %d attempt %d: %w", id, attempt, err)
 	}
 	return tr, nil
+}
+
+// Conclusion is one CONCLUDE for ConcludeMany.
+type Conclusion struct {
+	ID, Attempt int64
+	Outcome     Outcome
+}
+
+// ConcludeMany records several conclusions in one transaction (one fsync).
+// It returns one Transition and one error per conclusion, in order; a
+// stale or unknown job (ErrStaleAttempt, ErrJobNotFound) fails only its own
+// entry. Any other error fails the whole batch: then every entry carries it
+// and nothing was written.
+func (s *Store) ConcludeMany(ctx context.Context, cs []Conclusion) ([]Transition, []error) {
+	trs := make([]Transition, len(cs))
+	errs := make([]error, len(cs))
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		for i, c := range cs {
+			tr, err := s.concludeTx(ctx, tx, c.ID, c.Attempt, c.Outcome)
+			switch {
+			case err == nil:
+				trs[i], errs[i] = tr, nil
+			case errors.Is(err, ErrStaleAttempt), errors.Is(err, ErrJobNotFound):
+				trs[i], errs[i] = Transition{}, fmt.Errorf("conclude job %d attempt %d: %w", c.ID, c.Attempt, err)
+			default:
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for i, c := range cs {
+			trs[i], errs[i] = Transition{}, fmt.Errorf("conclude job %d attempt %d: %w", c.ID, c.Attempt, err)
+		}
+	}
+	return trs, errs
+}
+
+// concludeTx applies one conclusion inside tx. A stale attempt is detected
+// before anything is written.
+func (s *Store) concludeTx(ctx context.Context, tx *sql.Tx, id, attempt int64, out Outcome) (Transition, error) {
+	var status, owner sql.NullString
+	var cur, retries sql.NullInt64
+	err := tx.QueryRowContext(ctx, `SELECT status, attempt, coalesce(retry_count, 0), lease_owner
+		FROM cf_processing_queue WHERE id = ?`, id).Scan(&status, &cur, &retries, &owner)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Transition{}, ErrJobNotFound
+	}
+	if err != nil {
+		return Transition{}, err
+	}
+	if status.String != StatusRunning || cur.Int64 != attempt {
+		return Transition{}, fmt.Errorf("%w: job is %s at attempt %d", ErrStaleAttempt, status.String, cur.Int64)
+	}
+	now := s.now()
+	j := running{id: id, attempt: attempt, owner: owner.String, retries: retries.Int64}
+	switch out.Status {
+	case ReceiptSuccess:
+		return s.complete(ctx, tx, j, out, now)
+	case ReceiptFailed:
+		if out.Retriable {
+			return s.retryOrFail(ctx, tx, j, errText(out.Error, "failed"), now)
+		}
+		return s.fail(ctx, tx, j, errText(out.Error, "failed"), now)
+	case ReceiptRejected:
+		return s.retryOrFail(ctx, tx, j, errText(out.Error, "rejected by worker"), now)
+	case ReceiptAborted:
+		if out.Requeue {
+			return s.retryOrFail(ctx, tx, j, errText(out.Error, "aborted"), now)
+		}
+		return s.fail(ctx, tx, j, errText(out.Error, "aborted"), now)
+	}
+	return Transition{}, fmt.Errorf("unknown receipt status %q", out.Status)
 }
 
 // ReapExpired requeues (or, past MaxRetries, fails) every RUNNING job whose
