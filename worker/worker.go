@@ -141,6 +141,7 @@ type Worker struct {
 	draining bool
 	sock     zmq4.Socket
 	lastRecv time.Time
+	sessions int // connections established so far
 }
 
 type job struct {
@@ -213,17 +214,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Info("draining: no new jobs; waiting for running ones", "jobs", len(w.jobs), "deadline", w.cfg.DrainTimeout)
 	}
 	backoff := w.cfg.ReconnectMin
-	first := true
 	stop := ctx.Done()
 	for {
 		if w.draining && len(w.jobs) == 0 && len(w.unacked) == 0 {
 			return nil
 		}
-		if !first {
-			w.metrics.Reconnects.Inc()
-		}
 		connected, err := w.session(ctx, ep, startDrain, &drainDeadline)
-		first = false
 		if errors.Is(err, errDrained) {
 			return nil
 		}
@@ -305,10 +301,13 @@ func (w *Worker) session(ctx context.Context, ep string, startDrain func(), drai
 	w.log.Info("connected to the sentinel", "endpoint", w.cfg.Connect, "slots", w.cfg.Slots,
 		"capabilities", strings.Join(w.cfg.Capabilities, ","))
 	w.metrics.Connected.Set(1)
-	for _, id := range sortedIDs(w.unacked) {
-		if err := w.sendMsg(w.unacked[id]); err != nil {
-			return true, err
-		}
+	// Count connections made, not attempts: a failed dial is no reconnect.
+	if w.sessions > 0 {
+		w.metrics.Reconnects.Inc()
+	}
+	w.sessions++
+	if err := w.resendUnacked(); err != nil {
+		return true, err
 	}
 	hb := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer hb.Stop()
@@ -376,6 +375,16 @@ func (w *Worker) identify() error {
 		return err
 	}
 	return w.sendHeartbeat()
+}
+
+// resendUnacked sends again every CONCLUDE the sentinel has not ACKed.
+func (w *Worker) resendUnacked() error {
+	for _, id := range sortedIDs(w.unacked) {
+		if err := w.sendMsg(w.unacked[id]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (w *Worker) sendMsg(m protocol.Message) error {
@@ -462,7 +471,12 @@ func (w *Worker) handle(ctx context.Context, raw zmq4.Msg) error {
 		_ = m.Unmarshal(&p)
 		if m.JobID == 0 && strings.HasPrefix(p.Message, protocol.ReidentifyPrefix) {
 			w.log.Info("the sentinel does not know this worker; identifying again")
-			return w.identify()
+			if err := w.identify(); err != nil {
+				return err
+			}
+			// A sentinel that did not know us did not ACK our CONCLUDEs
+			// (it cannot tell that we speak conclude-ack): send them again.
+			return w.resendUnacked()
 		}
 		w.log.Warn("the sentinel reported an error", "job_id", m.JobID, "message", p.Message)
 	case protocol.OpReload:
