@@ -562,6 +562,9 @@ func (w *Worker) finish(r jobResult) error {
 	w.metrics.JobDuration.Observe(rc.Duration.Seconds())
 	receipt := protocol.JobReceipt{Status: protocol.ReceiptStatus(rc.Status), Attempt: j.attempt,
 		Metrics: map[string]int64{"rows": rc.TotalRows(), "duration_ms": rc.Duration.Milliseconds()}}
+	for topic, n := range rc.Rows {
+		receipt.Metrics["rows."+topic] = n
+	}
 	for _, a := range rc.Artifacts {
 		receipt.Artifacts = append(receipt.Artifacts, map[string]string{"topic": a.Topic, "uri": a.URI,
 			"rows": strconv.FormatInt(a.Rows, 10)})
