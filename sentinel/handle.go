@@ -166,9 +166,7 @@ func (s *Sentinel) heartbeat(ctx context.Context, w *worker, p *protocol.Heartbe
 			s.log.Warn(fmt.Sprintf("[Job %d] could not extend the lease", id), "error", err)
 		}
 	}
-	if w.draining != wasDraining || len(ids) > 0 || time.Since(w.since) < time.Second {
-		s.saveWorker(ctx, w, store.WorkerActive, "")
-	}
+	s.refreshWorker(ctx, w)
 	if w.draining && !wasDraining {
 		s.log.Info("worker is draining; no new jobs go to it", "worker", w.id, "jobs", len(w.jobs))
 	}

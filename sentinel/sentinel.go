@@ -114,9 +114,10 @@ type Sentinel struct {
 	metrics *Metrics
 	dec     protocol.Decoder
 
-	wake  chan struct{}
-	ready chan struct{}
-	calls chan func()
+	wake    chan struct{}
+	ready   chan struct{}
+	stopped chan struct{} // closed when Run returns
+	calls   chan func()
 
 	mu        sync.Mutex
 	endpoints []string // bound endpoints, user schemes (tcp://, ipc://)
@@ -143,6 +144,7 @@ func New(cfg Config) (*Sentinel, error) {
 		dec:     protocol.Decoder{MaxPayload: cfg.MaxPayload},
 		wake:    make(chan struct{}, 1),
 		ready:   make(chan struct{}),
+		stopped: make(chan struct{}),
 		calls:   make(chan func()),
 		workers: map[string]*worker{},
 		byID:    map[string]*worker{},
@@ -183,6 +185,7 @@ func (s *Sentinel) Wake() {
 // and closes the socket. Jobs that are RUNNING keep their leases: workers
 // finish them and conclude to the next sentinel, or the leases expire.
 func (s *Sentinel) Run(ctx context.Context) error {
+	defer close(s.stopped)
 	if err := transport.Register(transport.DefaultLimits()); err != nil {
 		return fmt.Errorf("sentinel: %w", err)
 	}
@@ -270,13 +273,20 @@ func (s *Sentinel) Run(ctx context.Context) error {
 }
 
 // do runs fn on the loop goroutine and waits for it; it returns false if the
-// sentinel is not running.
+// sentinel is not running (not yet serving, or stopped) or ctx ends first.
 func (s *Sentinel) do(ctx context.Context, fn func()) bool {
+	select {
+	case <-s.ready:
+	default:
+		return false
+	}
 	done := make(chan struct{})
 	select {
 	case s.calls <- func() { fn(); close(done) }:
 		<-done
 		return true
+	case <-s.stopped:
+		return false
 	case <-ctx.Done():
 		return false
 	}

@@ -35,6 +35,12 @@ type worker struct {
 	jobs     map[int64]*running  // dispatched and not concluded
 	aborted  map[int64]time.Time // ABORTs sent for jobs it no longer owns
 
+	// What its cf_worker_node row shows, as of the last saveWorker.
+	savedAt       time.Time
+	savedJobs     []int64
+	savedSlots    int
+	savedDraining bool
+
 	out  chan zmq4.Msg
 	quit chan struct{}
 }
@@ -179,6 +185,11 @@ func (s *Sentinel) evictSilent(ctx context.Context) {
 
 // send queues m for w; a full queue evicts w (it stopped reading).
 func (s *Sentinel) send(ctx context.Context, w *worker, m protocol.Message) bool {
+	if w.out == nil {
+		// Already dropped (e.g. evicted earlier in the same burst): a nil
+		// channel would look full and evict it, and count it, again.
+		return false
+	}
 	frames, err := protocol.EncodeRouter(w.identity, m)
 	if err != nil {
 		s.log.Error("encode failed", "opcode", m.OpCode, "error", err)
@@ -249,7 +260,22 @@ func (s *Sentinel) saveWorker(ctx context.Context, w *worker, status, reason str
 	if err := s.st.UpsertWorker(ctx, rec); err != nil {
 		s.metrics.DBErrors.Inc()
 		s.log.Warn("could not record the worker", "worker", w.id, "error", err)
+		return
 	}
+	w.savedAt, w.savedJobs, w.savedSlots, w.savedDraining = time.Now(), rec.ActiveJobIDs, w.slots, w.draining
+}
+
+// refreshWorker records w after a heartbeat when its row is out of date: its
+// jobs, slots or draining state changed, or the row's last heartbeat is
+// older than a quarter of the heartbeat timeout. (Recording only busy
+// workers left an idle worker's row listing its finished jobs and an ever
+// older last heartbeat.)
+func (s *Sentinel) refreshWorker(ctx context.Context, w *worker) {
+	if w.draining == w.savedDraining && w.slots == w.savedSlots && slices.Equal(sortedKeys(w.jobs), w.savedJobs) &&
+		time.Since(w.savedAt) < s.cfg.HeartbeatTimeout/4 {
+		return
+	}
+	s.saveWorker(ctx, w, store.WorkerActive, "")
 }
 
 func (s *Sentinel) updateGauges() {
