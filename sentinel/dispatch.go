@@ -60,15 +60,28 @@ func (s *Sentinel) dispatchOne(ctx context.Context, w *worker) (bool, error) {
 	}
 	cmd, err := s.buildDispatch(ctx, c)
 	if err != nil {
-		// Never leave the job RUNNING: fail it, with the reason.
+		if ctx.Err() != nil {
+			return false, err // shutting down: the lease expires and the job is requeued
+		}
+		// Never leave the job RUNNING: fail it, with the reason. Only a job
+		// that can never be dispatched fails for good; on database trouble
+		// it is retried (with backoff) and this pass stops.
 		msg := fmt.Sprintf("cannot dispatch: %v", err)
-		if _, cerr := s.st.Conclude(ctx, c.ID, c.Attempt, store.Outcome{Status: store.ReceiptFailed, Error: msg}); cerr != nil {
+		out := store.Outcome{Status: store.ReceiptFailed, Error: msg, Retriable: !undispatchable(err)}
+		if out.Retriable {
+			s.metrics.DBErrors.Inc()
+		}
+		tr, cerr := s.st.Conclude(ctx, c.ID, c.Attempt, out)
+		if cerr != nil {
 			s.metrics.DBErrors.Inc()
 			s.log.Error(fmt.Sprintf("[Job %d] could not fail an undispatchable job; the reaper will retry it", c.ID), "error", cerr)
 		} else {
-			s.metrics.JobsFailed.Inc()
+			s.countTransitions([]store.Transition{tr})
 		}
-		s.log.Warn(fmt.Sprintf("[Job %d] %s", c.ID, msg), "plugin", c.PluginName)
+		s.log.Warn(fmt.Sprintf("[Job %d] %s", c.ID, msg), "plugin", c.PluginName, "retried", out.Retriable)
+		if out.Retriable {
+			return false, err
+		}
 		return true, nil
 	}
 	m, err := protocol.NewMessage(protocol.OpDispatch, uint64(c.ID), cmd)
@@ -104,7 +117,7 @@ func (s *Sentinel) buildDispatch(ctx context.Context, c *store.Claimed) (*protoc
 	}
 	sinks, err := applyOverrides(info.Sinks, c.ConfigOverrides)
 	if err != nil {
-		return nil, err
+		return nil, overridesError{err}
 	}
 	cmd := &protocol.DispatchCommand{
 		PluginName:    c.PluginName,
@@ -119,6 +132,17 @@ func (s *Sentinel) buildDispatch(ctx context.Context, c *store.Claimed) (*protoc
 		cmd.Sinks = append(cmd.Sinks, protocol.SinkConfig{Topic: k.Topic, URI: k.URI, Mode: k.Mode, SchemaDef: k.SchemaJSON})
 	}
 	return cmd, nil
+}
+
+// overridesError is a job's config_overrides that cannot be applied.
+type overridesError struct{ error }
+
+// undispatchable reports whether a buildDispatch error is about the job
+// itself (docs/JOB_STATES.md), so that retrying it cannot help.
+func undispatchable(err error) bool {
+	var oe overridesError
+	return errors.Is(err, store.ErrNoActiveManifest) || errors.Is(err, store.ErrFileMissing) ||
+		errors.Is(err, store.ErrPathEscapesRoot) || errors.As(err, &oe)
 }
 
 // applyOverrides applies a job's config_overrides to its sinks. The

@@ -1,6 +1,8 @@
 package sentinel
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -386,9 +388,18 @@ func TestIPCSocketInUseAndStale(t *testing.T) {
 		t.Fatalf("second sentinel on a live socket: Run = %v, want an in-use error", err)
 	}
 
-	// Once the first one stops, a new one binds (a leftover socket file, if
-	// any, is removed).
+	// Once the first one stops, a new one binds, even over a socket file
+	// left behind by a killed sentinel.
 	e.stop()
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("no leftover socket file: %v", err)
+	}
 	e2 := newEnv(t, envOpt{dbPath: filepath.Join(t.TempDir(), "third.db"),
 		cfg: func(c *Config) { c.Bind = []string{"ipc://" + sock} }})
 	e2.plugin("p")
@@ -434,5 +445,43 @@ func TestPriorityOrder(t *testing.T) {
 	w.conclude(high, protocol.JobReceipt{Status: protocol.StatusSuccess})
 	if id, _ := w.dispatch(); id != low {
 		t.Fatalf("second DISPATCH is job %d, want %d", id, low)
+	}
+}
+
+// A database error while building a DISPATCH is not the job's fault: the job
+// is retried, not failed for good.
+func TestTransientDispatchErrorRetries(t *testing.T) {
+	t.Parallel()
+	so := testStoreOptions()
+	so.BackoffBase, so.BackoffMax = 200*time.Millisecond, 400*time.Millisecond
+	e := newEnv(t, envOpt{store: &so})
+	e.plugin("p")
+	fv := e.defaultFile()
+	db := e.db()
+	if _, err := db.Exec(`ALTER TABLE cf_file_version RENAME TO cf_file_version_away`); err != nil {
+		t.Fatal(err)
+	}
+	id := e.jobWith(fv, "p", 0, "")
+	w := e.worker(workerOpts{ID: "w", Caps: []string{"p"}})
+	eventually(t, waitFor, func() (bool, string) {
+		j := e.get(id)
+		return j.RetryCount >= 1, fmt.Sprintf("job %s retries %d error %q", j.Status, j.RetryCount, j.ErrorMessage)
+	})
+	if j := e.get(id); j.Status == store.StatusFailed {
+		t.Fatalf("job failed for good on a database error: %q", j.ErrorMessage)
+	} else if !strings.Contains(j.LastError, "cannot dispatch") {
+		t.Errorf("last error %q", j.LastError)
+	}
+	if got := val(t, e.s.Metrics().DBErrors); got < 1 {
+		t.Errorf("db_errors_total = %v", got)
+	}
+	if _, err := db.Exec(`ALTER TABLE cf_file_version_away RENAME TO cf_file_version`); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.dispatch(); got != id {
+		t.Fatalf("got job %d, want %d", got, id)
+	}
+	if j := e.get(id); j.Status != store.StatusRunning {
+		t.Errorf("job %s", j.Status)
 	}
 }

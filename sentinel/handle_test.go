@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/sentinel/store"
@@ -343,4 +344,70 @@ func TestDefaultWorkerID(t *testing.T) {
 		return len(got) == 1 && strings.HasPrefix(got[0], "worker-") && len(got[0]) == len("worker-")+8,
 			fmt.Sprintf("registered %v", got)
 	})
+}
+
+func TestMaxPayload(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpt{cfg: func(c *Config) { c.MaxPayload = 256 }})
+	p := e.dial("", false)
+	big := protocol.IdentifyPayload{WorkerID: "big", Capabilities: []string{strings.Repeat("c", 300)}}
+	p.send(protocol.OpIdentify, 0, big)
+	e.waitMetric("protocol_errors_total", e.s.Metrics().ProtocolErrors, 1)
+	if got := e.registered(); len(got) != 0 {
+		t.Fatalf("an oversized IDENTIFY registered %v", got)
+	}
+	p.identify(workerOpts{ID: "small", Caps: []string{"p"}})
+	e.waitRegistered("small")
+}
+
+func TestMetricsRegistry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpt{cfg: func(c *Config) { c.ProbeInterval = 20 * time.Millisecond }})
+	e.plugin("p")
+	e.job("p")
+	e.job("p")
+	w := e.worker(workerOpts{ID: "w", Caps: []string{"p"}})
+	w.dispatch()
+	// Probes reach the worker.
+	eventually(t, waitFor, func() (bool, string) {
+		return w.probes.Load() >= 2, fmt.Sprintf("%d probes", w.probes.Load())
+	})
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue := map[string]float64{}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+		if mf.GetName() != "casparian_queue_jobs" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "status" {
+					queue[l.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	if queue[store.StatusRunning] != 1 || queue[store.StatusQueued] != 1 || len(queue) != len(store.Statuses) {
+		t.Errorf("casparian_queue_jobs = %v, want 1 RUNNING and 1 QUEUED, every status present", queue)
+	}
+	for _, n := range []string{"casparian_jobs_dispatched_total", "casparian_workers_registered_total",
+		"casparian_messages_sent_total", "casparian_sentinel_workers", "casparian_transport_dropped_connections_total"} {
+		if !names[n] {
+			t.Errorf("metric %s not exported", n)
+		}
+	}
+	if got := val(t, e.s.Metrics().WorkersRegistered); got != 1 {
+		t.Errorf("workers_registered_total = %v", got)
+	}
+	if got := val(t, e.s.Metrics().MessagesSent); got < 3 {
+		t.Errorf("messages_sent_total = %v, want the DISPATCH and the probes", got)
+	}
+	// The same registry cannot take a second sentinel's metrics.
+	if _, err := New(Config{Store: e.st, Registerer: e.reg}); err == nil {
+		t.Error("registering the metrics twice succeeded")
+	}
 }
