@@ -453,8 +453,8 @@ func TestPriorityOrder(t *testing.T) {
 func TestTransientDispatchErrorRetries(t *testing.T) {
 	t.Parallel()
 	so := testStoreOptions()
-	so.BackoffBase, so.BackoffMax = 200*time.Millisecond, 400*time.Millisecond
-	e := newEnv(t, envOpt{store: &so})
+	so.BackoffBase, so.BackoffMax, so.MaxRetries = 100*time.Millisecond, 200*time.Millisecond, 1000
+	e := newEnv(t, envOpt{store: &so, cfg: func(c *Config) { c.CleanupInterval, c.PollInterval = 200*time.Millisecond, 200*time.Millisecond }})
 	e.plugin("p")
 	fv := e.defaultFile()
 	db := e.db()
@@ -475,13 +475,15 @@ func TestTransientDispatchErrorRetries(t *testing.T) {
 	if got := val(t, e.s.Metrics().DBErrors); got < 1 {
 		t.Errorf("db_errors_total = %v", got)
 	}
-	if _, err := db.Exec(`ALTER TABLE cf_file_version_away RENAME TO cf_file_version`); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := w.dispatch(); got != id {
-		t.Fatalf("got job %d, want %d", got, id)
-	}
-	if j := e.get(id); j.Status != store.StatusRunning {
-		t.Errorf("job %s", j.Status)
+	// The sentinel keeps retrying (and writing): retry the rename until it
+	// gets the write lock.
+	eventually(t, waitFor, func() (bool, string) {
+		_, err := db.Exec(`ALTER TABLE cf_file_version_away RENAME TO cf_file_version`)
+		return err == nil, fmt.Sprint(err)
+	})
+	m, ok := w.tryExpect(protocol.OpDispatch, id, waitFor)
+	if j := e.get(id); !ok || j.Status != store.StatusRunning {
+		t.Fatalf("after the table is back: DISPATCH received %v (%s), job %s retries %d error %q last error %q",
+			ok, m.Payload, j.Status, j.RetryCount, j.ErrorMessage, j.LastError)
 	}
 }

@@ -763,3 +763,5 @@ func (p *rawPeer) send(t *testing.T, op protocol.OpCode, jobID uint64, payload a
 		}
 	}
 }
+
+func zmqMsg(frames [][]byte) zmq4.Msg { return zmq4.NewMsgFrom(frames...) }

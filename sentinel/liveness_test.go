@@ -400,3 +400,87 @@ func TestDrainingWorkerGetsNoJobs(t *testing.T) {
 		t.Fatalf("got %d, want %d", got, id)
 	}
 }
+
+// A plain v4 worker reports its job in current_job_id; that keeps the lease
+// too.
+func TestCurrentJobIDExtendsLease(t *testing.T) {
+	t.Parallel()
+	const lease = 400 * time.Millisecond
+	e := newEnv(t, envOpt{cfg: func(c *Config) { c.Lease = lease }})
+	e.plugin("p")
+	id := e.job("p")
+	w := e.worker(workerOpts{ID: "v4", Caps: []string{"p"}})
+	w.dispatch()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(40 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				cur := id
+				m, _ := protocol.NewMessage(protocol.OpHeartbeat, 0, protocol.HeartbeatPayload{Status: protocol.WorkerBusy, CurrentJobID: &cur})
+				frames, _ := protocol.Encode(m)
+				_ = w.sock.Send(zmqMsg(frames))
+			}
+		}
+	}()
+	time.Sleep(4 * lease)
+	close(stop)
+	<-done
+	if j := e.get(id); j.Status != store.StatusRunning || j.Attempt != 1 {
+		t.Fatalf("job %s attempt %d after %s of current_job_id heartbeats", j.Status, j.Attempt, 4*lease)
+	}
+	if got := val(t, e.s.Metrics().LeasesExpired); got != 0 {
+		t.Errorf("leases_expired_total = %v", got)
+	}
+	// Without them the lease runs out.
+	e.waitMetric("leases_expired_total", e.s.Metrics().LeasesExpired, 1)
+}
+
+// Slots reported in a heartbeat change the worker's capacity.
+func TestHeartbeatSlotsChangeCapacity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpt{})
+	e.plugin("p")
+	for range 3 {
+		e.job("p")
+	}
+	w := e.worker(workerOpts{ID: "grow", Caps: []string{"p"}, Slots: 1, Exts: []string{protocol.ExtSlots}})
+	w.dispatch()
+	w.expectNone(protocol.OpDispatch, quiet)
+	w.send(protocol.OpHeartbeat, 0, protocol.HeartbeatPayload{Status: protocol.WorkerAlive, Slots: 3, FreeSlots: 2})
+	w.dispatch()
+	w.dispatch()
+	if info, _ := e.info("grow"); info.Slots != 3 || len(info.Jobs) != 3 {
+		t.Errorf("worker info %+v", info)
+	}
+	eventually(t, waitFor, func() (bool, string) {
+		row, _ := e.workerRow("grow")
+		return row.Slots == 3, fmt.Sprintf("row slots %d", row.Slots)
+	})
+}
+
+// An evicted worker that identifies again is a worker like any other.
+func TestEvictedWorkerComesBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpt{cfg: func(c *Config) { c.HeartbeatTimeout = 300 * time.Millisecond }})
+	e.plugin("p")
+	w := e.worker(workerOpts{ID: "lazarus", Caps: []string{"p"}, Exts: []string{protocol.ExtReidentify}})
+	e.waitMetric("workers_cleaned_up_total", e.s.Metrics().WorkersCleanedUp, 1)
+	w.heartbeat()
+	w.expect(protocol.OpErr, 0)
+	w.identify(workerOpts{ID: "lazarus", Caps: []string{"p"}})
+	w.startHeartbeats(40 * time.Millisecond)
+	id := e.job("p")
+	if got, _ := w.dispatch(); got != id {
+		t.Fatalf("got %d, want %d", got, id)
+	}
+	if row, _ := e.workerRow("lazarus"); row.Status != store.WorkerActive {
+		t.Errorf("row %+v", row)
+	}
+}
