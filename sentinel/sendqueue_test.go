@@ -111,6 +111,10 @@ func TestOverflowInBurstCountsOnce(t *testing.T) {
 	if got := val(t, m.WorkersCleanedUp); got != 1 {
 		t.Errorf("workers_cleaned_up_total = %v, want 1", got)
 	}
+	// The registry says so (the rest of the heartbeat does not revive it).
+	if row, _ := e.workerRow("burst"); row.Status != store.WorkerEvicted {
+		t.Errorf("registry row %+v, want EVICTED", row)
+	}
 }
 
 // A peer that stops reading while big DISPATCHes are queued for it: the
@@ -174,5 +178,42 @@ func TestStalledPeerDoesNotDelayOthers(t *testing.T) {
 		worst, overflows, stillThere)
 	if _, ok := e.info("healthy"); !ok {
 		t.Error("the healthy worker was evicted")
+	}
+}
+
+// A worker evicted in the middle of handling its heartbeat stays evicted in
+// the registry.
+func TestEvictedDuringHeartbeatStaysEvicted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpt{cfg: func(c *Config) {
+		c.SendQueue = 1
+		c.ProbeInterval = time.Hour
+	}})
+	e.plugin("p")
+	fv := e.defaultFile()
+	var foreign []int64
+	for range 3 {
+		foreign = append(foreign, e.jobWith(fv, "nobody", 0, ""))
+	}
+	mine := e.job("p")
+	w := e.worker(workerOpts{ID: "victim", Caps: []string{"p"}})
+	if got, _ := w.dispatch(); got != mine {
+		t.Fatalf("got %d, want %d", got, mine)
+	}
+	stallSender(t, e, "victim")
+	// Jobs it does not own come first: their ABORTs overflow its queue and
+	// evict it; then its own job, now requeued, is found stale.
+	w.hold(append(foreign, mine)...)
+	w.heartbeat()
+	e.waitMetric("send_queue_overflows_total", e.s.Metrics().SendQueueOverflows, 1)
+	eventually(t, waitFor, func() (bool, string) {
+		return len(e.registered()) == 0, "still registered"
+	})
+	time.Sleep(quiet)
+	if row, _ := e.workerRow("victim"); row.Status != store.WorkerEvicted || len(row.ActiveJobIDs) != 0 {
+		t.Errorf("registry row %+v, want EVICTED without jobs", row)
+	}
+	if j := e.get(mine); j.Status != store.StatusQueued || j.RetryCount != 1 {
+		t.Errorf("job %s retries %d, want requeued", j.Status, j.RetryCount)
 	}
 }

@@ -271,6 +271,9 @@ func (s *Sentinel) saveWorker(ctx context.Context, w *worker, status, reason str
 // workers left an idle worker's row listing its finished jobs and an ever
 // older last heartbeat.)
 func (s *Sentinel) refreshWorker(ctx context.Context, w *worker) {
+	if w.out == nil {
+		return // evicted while its heartbeat was handled: the row says so
+	}
 	if w.draining == w.savedDraining && w.slots == w.savedSlots && slices.Equal(sortedKeys(w.jobs), w.savedJobs) &&
 		time.Since(w.savedAt) < s.cfg.HeartbeatTimeout/4 {
 		return
