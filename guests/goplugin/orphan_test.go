@@ -1,0 +1,5 @@
+package goplugin_test
+
+const helperHostEnv = "CF_GOPLUGIN_HELPER_HOST"
+
+func helperHost() {}
