@@ -195,6 +195,7 @@ func mustGuestError(t *testing.T, err error, kind error) *guest.Error {
 	if !errors.Is(err, kind) {
 		t.Fatalf("expected kind %v, got %v\n%s", kind, ge.Kind, ge.Detail())
 	}
+	t.Logf("as the user sees it:\n%s", guest.JobError(42, err))
 	return ge
 }
 

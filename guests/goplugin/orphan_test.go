@@ -1,5 +1,142 @@
 package goplugin_test
 
-const helperHostEnv = "CF_GOPLUGIN_HELPER_HOST"
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
 
-func helperHost() {}
+	"github.com/casparianflow/casparian/guests/goplugin"
+	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/testenv"
+)
+
+// The test binary re-executed with helperHostEnv=<plugin path> is a host: it
+// leaves one plugin process warm, starts a job that hangs in a second one
+// (which starts a child of its own), prints "PIDS warm busy child" and waits
+// to be killed.
+const (
+	helperHostEnv   = "CF_GOPLUGIN_HELPER_HOST"
+	helperNoPdeath  = "CF_GOPLUGIN_HELPER_NOPDEATHSIG"
+	helperHostLimit = 60 * time.Second
+)
+
+func helperHost() {
+	fail := func(err error) {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	time.AfterFunc(helperHostLimit, func() { os.Exit(2) }) // never outlive a lost test
+	if os.Getenv(helperNoPdeath) != "" {
+		*goplugin.NoPdeathsig = true
+	}
+	rt, err := goplugin.New(goplugin.Config{})
+	if err != nil {
+		fail(err)
+	}
+	ctx := context.Background()
+	inst, err := rt.Load(ctx, guest.Plugin{Name: "testplugin", Kind: guest.KindGoPlugin, Path: os.Getenv(helperHostEnv)})
+	if err != nil {
+		fail(err)
+	}
+	pids := make(chan int, 3)
+	rec := &hookedRecorder{onLog: func(l guest.LogRecord) {
+		for _, a := range l.Attrs {
+			if a.Key == "pid" || a.Key == "child_pid" {
+				pid, _ := strconv.Atoi(a.Value.String())
+				pids <- pid
+			}
+		}
+	}}
+	go func() {
+		err := inst.Run(ctx, guest.Input{Path: "/dev/null", Config: map[string]any{"mode": "hang", "child": true}}, rec)
+		fail(fmt.Errorf("hanging job ended: %v", err))
+	}()
+	busy, child := <-pids, <-pids
+	// The hanging job holds its process, so this one starts another, left warm.
+	if err := inst.Run(ctx, guest.Input{Path: "/dev/null", Config: map[string]any{"mode": "emit", "batches": 0}}, rec); err != nil {
+		fail(err)
+	}
+	warm := <-pids
+	fmt.Printf("PIDS %d %d %d\n", warm, busy, child)
+	select {}
+}
+
+// No plugin process, warm or busy, nor what a plugin started, outlives a
+// host killed with SIGKILL.
+func TestNoOrphanAfterHostSIGKILL(t *testing.T) {
+	bin := testPlugin(t)
+	for _, c := range []struct {
+		name string
+		env  string
+	}{
+		{"pdeathsig and stdin", ""},
+		{"stdin watch alone", helperNoPdeath + "=1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), helperHostEnv+"="+bin)
+			if c.env != "" {
+				cmd.Env = append(cmd.Env, c.env)
+			}
+			cmd.Stderr = os.Stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			}()
+			lines := make(chan string, 1)
+			go func() {
+				s := bufio.NewScanner(out)
+				for s.Scan() {
+					lines <- s.Text()
+				}
+				close(lines)
+			}()
+			var line string
+			select {
+			case line = <-lines:
+			case <-time.After(30 * time.Second):
+				t.Fatal("helper host did not report its plugins' pids")
+			}
+			var warm, busy, child int
+			if _, err := fmt.Sscanf(line, "PIDS %d %d %d", &warm, &busy, &child); err != nil {
+				t.Fatalf("helper host said %q", line)
+			}
+			if warm == busy {
+				t.Fatalf("the warm and the busy plugin are one process %d", warm)
+			}
+			t.Cleanup(func() { // if the test fails, do not leave the orphans behind
+				for _, pid := range []int{warm, busy, child} {
+					if !testenv.ProcessGone(pid) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			})
+			for _, pid := range []int{warm, busy, child} {
+				if testenv.ProcessGone(pid) {
+					t.Fatalf("process %d is not running before the host is killed", pid)
+				}
+			}
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Wait()
+			start := time.Now()
+			waitGone(t, 5*time.Second, warm, busy, child)
+			t.Logf("plugins (warm %d, busy %d) and the busy one's child %d gone %s after the host's SIGKILL",
+				warm, busy, child, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}

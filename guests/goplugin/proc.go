@@ -162,22 +162,15 @@ func (p *proc) startError(ctx, sctx context.Context, err error) *guest.Error {
 		core, app, proto, ok := parseHandshake(line)
 		switch {
 		case !ok:
-			return p.withStderr(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Err: err,
+			return p.withStderr(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
 				Message: fmt.Sprintf("plugin %q wrote to stdout before the go-plugin handshake: %q", p.name, truncate(line, 200)),
 				Hint:    "stdout belongs to go-plugin until serve.Main has started: remove prints from init() and main() before serve.Main, and log with out.Logger() or to stderr"})
 		case core != plugin.CoreProtocolVersion || app != sdkgp.ProtocolVersion || proto != string(plugin.ProtocolGRPC):
-			return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Err: err,
+			return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1,
 				Message: fmt.Sprintf("plugin %q speaks go-plugin core protocol %d, app protocol %d over %q; this host speaks %d, %d over \"grpc\"",
 					p.name, core, app, proto, plugin.CoreProtocolVersion, sdkgp.ProtocolVersion),
 				Hint: "rebuild the plugin against this version of the Casparian SDK (sdk/serve)"}
 		}
-	}
-	if p.run.waitExit(200 * time.Millisecond) {
-		e := p.exitError("plugin process exited before it was ready")
-		if e.Hint == "" || strings.HasPrefix(e.Hint, "the last stderr") {
-			e.Hint = "check that the file is a Casparian Go plugin (its main calls serve.Main) and see its last stderr lines"
-		}
-		return e
 	}
 	if errors.Is(sctx.Err(), context.DeadlineExceeded) {
 		msg := fmt.Sprintf("plugin %q did not complete the go-plugin handshake within %s", p.name, cfg.StartTimeout)
@@ -186,8 +179,15 @@ func (p *proc) startError(ctx, sctx context.Context, err error) *guest.Error {
 		} else if line != "" {
 			msg += fmt.Sprintf("; it wrote %q to stdout without a newline", truncate(line, 200))
 		}
-		return p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Err: err, Message: msg,
+		return p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Message: msg,
 			Hint: "the plugin may be stuck in init() or main() before serve.Main, or write to stdout before it; raise StartTimeout if it legitimately starts slowly"})
+	}
+	if p.run.waitExit(200 * time.Millisecond) {
+		e := p.exitError("plugin process exited before it was ready")
+		if e.Hint == "" || strings.HasPrefix(e.Hint, "the last stderr") {
+			e.Hint = "check that the file is a Casparian Go plugin (its main calls serve.Main) and see its last stderr lines"
+		}
+		return e
 	}
 	if st, ok := status.FromError(err); ok && st.Code() == codes.Unimplemented {
 		return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Err: err,

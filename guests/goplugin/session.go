@@ -37,8 +37,13 @@ func (p *proc) job(ctx context.Context, in guest.Input, out guest.Output) (reusa
 	}
 	syncLine := p.beginSync()
 	defer p.endSync()
-	sctx, cancel := context.WithCancel(ctx)
+	// The call does not carry ctx's deadline: the host enforces it (and
+	// kills the process), while a deadline in the plugin would race it with
+	// an error of its own. The plugin's context is cancelled when ctx is.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	stopCancel := context.AfterFunc(ctx, cancel)
+	defer stopCancel()
 	stream, err := p.rpc.Process(sctx, &pluginpb.ProcessRequest{
 		JobId: in.JobID, FileId: in.FileVersionID, Path: in.Path, ConfigJson: cfgJSON,
 		ChunkBytes: int32(p.rt.cfg.ChunkBytes), MinLogLevel: int32(p.rt.cfg.LogLevel), SyncLine: syncLine,
@@ -133,7 +138,7 @@ func (p *proc) failure(f *pluginpb.Failure) *guest.Error {
 	e := &guest.Error{Kind: kind, ExitCode: -1, Message: f.GetMessage(), Traceback: f.GetTraceback()}
 	switch {
 	case f.GetTraceback() != "":
-		e.Hint = "the plugin panicked: the first frames below the panic point at the line"
+		e.Hint = "the plugin panicked: the traceback points at the line"
 	case kind == guest.ErrPlugin:
 		e.Hint = "the plugin's Process returned this error"
 	case kind == guest.ErrSchema:

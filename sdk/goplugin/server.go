@@ -156,7 +156,7 @@ func (s *server) Process(req *pluginpb.ProcessRequest, stream pluginpb.Plugin_Pr
 		defer func() {
 			if p := recover(); p != nil {
 				panicked = &pluginpb.Failure{Code: CodePlugin, Message: fmt.Sprintf("panic: %v", p),
-					Traceback: string(debug.Stack()), Fatal: true}
+					Traceback: panicStack(debug.Stack()), Fatal: true}
 			}
 		}()
 		err = s.impl.Process(ctx, in, out)
@@ -184,6 +184,37 @@ func writeSync(line string) {
 	_, _ = realStdout.Write(b)
 	_, _ = realStderr.Write(b)
 }
+
+// panicStack trims a debug.Stack taken in a deferred recover to the frames
+// that matter: from the one that panicked down to the plugin's Process,
+// without the runtime's panic frames above nor the SDK's and gRPC's below.
+func panicStack(stack []byte) string {
+	lines := strings.Split(strings.TrimRight(string(stack), "\n"), "\n")
+	if len(lines) < 2 {
+		return string(stack)
+	}
+	out := []string{lines[0]} // goroutine N [running]:
+	i := 1
+	for ; i+1 < len(lines); i += 2 { // function line, then its file line
+		if strings.HasPrefix(lines[i], "panic(") {
+			i += 2
+			break
+		}
+	}
+	if i >= len(lines) { // no panic frame: keep everything
+		return string(stack)
+	}
+	for ; i+1 < len(lines); i += 2 {
+		if strings.HasPrefix(lines[i], sdkPackage+".") {
+			break
+		}
+		out = append(out, lines[i], lines[i+1])
+	}
+	return strings.Join(out, "\n")
+}
+
+// sdkPackage prefixes the function names of this package in stack traces.
+const sdkPackage = "github.com/casparianflow/casparian/sdk/goplugin"
 
 func failureCode(err error, input string) string {
 	var se *schemaError
