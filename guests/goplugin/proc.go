@@ -344,7 +344,7 @@ func (p *proc) waitSync(d time.Duration) {
 	p.syncMu.Lock()
 	seen := p.syncSeen
 	p.syncMu.Unlock()
-	if seen[0] == nil {
+	if seen[0] == nil || !p.run.isStarted() {
 		return
 	}
 	t := time.NewTimer(d)

@@ -199,8 +199,9 @@ func (s *session) batch(first *pluginpb.Chunk) error {
 		if errors.As(err, &ge) {
 			return ge
 		}
-		if strings.Contains(err.Error(), fmt.Sprintf("bytes (limit %d)", cfg.MaxBatchBytes)) {
-			// The IPC guard refused a message that declares more than the limit.
+		if msg := err.Error(); strings.Contains(msg, "message body of ") && strings.Contains(msg, fmt.Sprintf(" bytes (limit %d)", cfg.MaxBatchBytes)) {
+			// The IPC guard refused a record batch whose body declares more
+			// than the limit (before any of it was read).
 			return cr.tooLarge()
 		}
 		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Err: err,
@@ -294,7 +295,7 @@ func (p *proc) callError(ctx context.Context, err error, during string) *guest.E
 	if ctx.Err() != nil {
 		return ctxError(ctx, during)
 	}
-	if p.run.waitExit(2 * time.Second) {
+	if p.run.isStarted() && p.run.waitExit(2*time.Second) {
 		return p.exitError(fmt.Sprintf("plugin process died %s", during))
 	}
 	if err == io.EOF {
