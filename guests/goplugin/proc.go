@@ -112,6 +112,9 @@ func (p *proc) start(ctx context.Context) error {
 		SyncStdout:       &lineWriter{emit: p.stdoutLine},
 		SyncStderr:       &lineWriter{emit: p.stderrLine},
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: dir},
+		// Windows of a few chunks let the plugin serialize its next batch
+		// while the host sinks the last one.
+		GRPCDialOptions: []grpc.DialOption{grpc.WithInitialWindowSize(8 << 20), grpc.WithInitialConnWindowSize(16 << 20)},
 	})
 
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
