@@ -57,6 +57,7 @@ type proc struct {
 	sinkMu sync.RWMutex
 	sink   guest.Output // the running job's output; nil between jobs
 
+	noSync   bool // the process does not write sync lines (owner only)
 	syncMu   sync.Mutex
 	syncLine string           // the running job's sync line (see ProcessRequest.sync_line)
 	syncSeen [2]chan struct{} // closed when it came on stdout, on stderr
@@ -177,13 +178,14 @@ func (p *proc) startError(ctx, sctx context.Context, err error) *guest.Error {
 	}
 	if errors.Is(sctx.Err(), context.DeadlineExceeded) {
 		msg := fmt.Sprintf("plugin %q did not complete the go-plugin handshake within %s", p.name, cfg.StartTimeout)
+		hint := "the plugin may be stuck in init() or main() before serve.Main, or write to stdout before it; raise StartTimeout if it legitimately starts slowly"
 		if complete {
 			msg = fmt.Sprintf("plugin %q did not answer within %s of its handshake", p.name, cfg.StartTimeout)
+			hint = "the plugin's Info() may be stuck, or the machine overloaded; raise StartTimeout if it legitimately starts slowly"
 		} else if line != "" {
 			msg += fmt.Sprintf("; it wrote %q to stdout without a newline", truncate(line, 200))
 		}
-		return p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Message: msg,
-			Hint: "the plugin may be stuck in init() or main() before serve.Main, or write to stdout before it; raise StartTimeout if it legitimately starts slowly"})
+		return p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Message: msg, Hint: hint})
 	}
 	if p.run.waitExit(200 * time.Millisecond) {
 		e := p.exitError("plugin process exited before it was ready")
@@ -342,13 +344,14 @@ func (p *proc) isSync(i int, line string) bool {
 }
 
 // waitSync waits, up to d, until the sync line came on stdout and stderr:
-// then every line the plugin wrote during the job has been forwarded.
-func (p *proc) waitSync(d time.Duration) {
+// then every line the plugin wrote during the job has been forwarded. It
+// reports false if the line did not come in time.
+func (p *proc) waitSync(d time.Duration) bool {
 	p.syncMu.Lock()
 	seen := p.syncSeen
 	p.syncMu.Unlock()
 	if seen[0] == nil || !p.run.isStarted() {
-		return
+		return true
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -356,12 +359,13 @@ func (p *proc) waitSync(d time.Duration) {
 		select {
 		case <-ch:
 		case <-p.run.exited:
-			return
+			return true
 		case <-t.C:
 			p.rt.log.Debug("go plugin: sync line not seen on stdout and stderr", "plugin", p.name, "pid", p.run.pidNow())
-			return
+			return false
 		}
 	}
+	return true
 }
 
 func (p *proc) endSync() {

@@ -35,8 +35,11 @@ func (p *proc) job(ctx context.Context, in guest.Input, out guest.Output) (reusa
 	if err != nil {
 		return true, &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Err: err, Message: fmt.Sprintf("encode the job configuration as JSON: %v", err)}
 	}
-	syncLine := p.beginSync()
-	defer p.endSync()
+	syncLine := ""
+	if !p.noSync {
+		syncLine = p.beginSync()
+		defer p.endSync()
+	}
 	// The call does not carry ctx's deadline: the host enforces it (and
 	// kills the process), while a deadline in the plugin would race it with
 	// an error of its own. The plugin's context is cancelled when ctx is.
@@ -53,9 +56,10 @@ func (p *proc) job(ctx context.Context, in guest.Input, out guest.Output) (reusa
 	}
 	s := &session{p: p, ctx: ctx, stream: stream, out: out}
 	reusable, err = s.run()
-	if s.ended {
-		// The plugin wrote the sync line before its last event.
-		p.waitSync(syncWait)
+	if s.ended && syncLine != "" && !p.waitSync(syncWait) {
+		// A plugin that does not write the line (another SDK) would cost
+		// every job the wait: stop asking this process for it.
+		p.noSync = true
 	}
 	return reusable, err
 }

@@ -84,6 +84,25 @@ func TestCancelDuringStart(t *testing.T) {
 	assertGone(t, startedPIDs(t, markers)...)
 }
 
+// A plugin whose Info never answers fails at StartTimeout too.
+func TestInfoHangs(t *testing.T) {
+	markers := t.TempDir()
+	e := newEnv(t, func(c *goplugin.Config) {
+		c.StartTimeout = time.Second
+		c.Env = []string{"CF_TEST_INFO=hang", "CF_TEST_MARKER_DIR=" + markers}
+	})
+	start := time.Now()
+	_, err := e.run(context.Background(), e.load(guest.Plugin{}), map[string]any{"mode": "emit"})
+	ge := mustGuestError(t, err, guest.ErrTimeout)
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("failed after %s, StartTimeout 1s", d)
+	}
+	if !strings.Contains(ge.Message, "did not answer within 1s of its handshake") {
+		t.Errorf("message %q", ge.Message)
+	}
+	assertGone(t, startedPIDs(t, markers)...)
+}
+
 // A plugin that exits before the handshake is CRASHED with its stderr.
 func TestExitBeforeHandshake(t *testing.T) {
 	e, _ := startEnv(t, "exit", 10*time.Second)

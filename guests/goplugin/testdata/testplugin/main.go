@@ -39,6 +39,9 @@ var (
 )
 
 func (plugin) Info() sdk.Info {
+	if os.Getenv("CF_TEST_INFO") == "hang" {
+		select {}
+	}
 	return sdk.Info{Name: "testplugin", Version: "1.2.3", Description: "go-plugin guest test plugin",
 		Topics: []sdk.Topic{{Name: "numbers", Schema: numbers}, {Name: "words", Schema: words}, {Name: "big", Schema: big}, {Name: "free"}}}
 }
