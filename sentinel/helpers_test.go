@@ -311,6 +311,15 @@ func (e *env) waitRegistered(ids ...string) {
 	})
 }
 
+// sync waits until the loop goroutine has finished what it was doing (e.g.
+// the rest of handling a message whose reply the test already received).
+func (e *env) sync() {
+	e.t.Helper()
+	if !e.s.do(e.ctx, func() {}) {
+		e.t.Fatal("sentinel not running")
+	}
+}
+
 // ---- metrics ----
 
 // val reads a counter or gauge.

@@ -18,8 +18,8 @@ func TestSilentWorkerIsEvicted(t *testing.T) {
 	e := newEnv(t, envOpt{cfg: func(c *Config) { c.HeartbeatTimeout = hbTimeout }})
 	e.plugin("p")
 	id := e.job("p")
+	sentAt := time.Now() // before the IDENTIFY, its last message
 	silent := e.worker(workerOpts{ID: "silent", Caps: []string{"p"}})
-	sentAt := time.Now()
 	if got, _ := silent.dispatch(); got != id {
 		t.Fatalf("got job %d, want %d", got, id)
 	}
@@ -468,7 +468,7 @@ func TestHeartbeatSlotsChangeCapacity(t *testing.T) {
 // An evicted worker that identifies again is a worker like any other.
 func TestEvictedWorkerComesBack(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpt{cfg: func(c *Config) { c.HeartbeatTimeout = 300 * time.Millisecond }})
+	e := newEnv(t, envOpt{cfg: func(c *Config) { c.HeartbeatTimeout = 500 * time.Millisecond }})
 	e.plugin("p")
 	w := e.worker(workerOpts{ID: "lazarus", Caps: []string{"p"}, Exts: []string{protocol.ExtReidentify}})
 	e.waitMetric("workers_cleaned_up_total", e.s.Metrics().WorkersCleanedUp, 1)
