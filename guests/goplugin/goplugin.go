@@ -46,8 +46,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -185,7 +187,8 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("goplugin guest: env entry %q is not KEY=VALUE", kv)
 		}
 	}
-	dir, err := os.MkdirTemp(cfg.TempDir, "cf-gp-")
+	removeStaleDirs(cfg.TempDir)
+	dir, err := os.MkdirTemp(cfg.TempDir, fmt.Sprintf("%s%d-", dirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("goplugin guest: %w", err)
 	}
@@ -196,6 +199,40 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	return &Runtime{cfg: cfg, log: cfg.Logger, dir: dir, spawn: newSpawner(),
 		idle: map[string][]*proc{}, live: map[*proc]struct{}{}}, nil
+}
+
+// dirPrefix starts the name of a runtime's private dir: cf-gp-<host pid>-<random>.
+const dirPrefix = "cf-gp-"
+
+// removeStaleDirs removes the private dirs that runtimes of dead hosts (a
+// host killed with SIGKILL cannot clean up) left in tmp: ours (same owner)
+// whose host pid no longer runs. A reused pid only keeps a stale dir longer.
+func removeStaleDirs(tmp string) {
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), dirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Getuid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(filepath.Join(tmp, e.Name()))
+		}
+	}
 }
 
 // Kind reports guest.KindGoPlugin.

@@ -23,6 +23,7 @@ import (
 const (
 	helperHostEnv   = "CF_GOPLUGIN_HELPER_HOST"
 	helperNoPdeath  = "CF_GOPLUGIN_HELPER_NOPDEATHSIG"
+	helperTempDir   = "CF_GOPLUGIN_HELPER_TMP"
 	helperHostLimit = 60 * time.Second
 )
 
@@ -35,7 +36,7 @@ func helperHost() {
 	if os.Getenv(helperNoPdeath) != "" {
 		*goplugin.NoPdeathsig = true
 	}
-	rt, err := goplugin.New(goplugin.Config{})
+	rt, err := goplugin.New(goplugin.Config{TempDir: os.Getenv(helperTempDir)})
 	if err != nil {
 		fail(err)
 	}
@@ -80,7 +81,13 @@ func TestNoOrphanAfterHostSIGKILL(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), helperHostEnv+"="+bin)
+			// The killed host cannot remove its runtime's dir: the test does.
+			tmp, err := os.MkdirTemp("", "cf-gpt-") // short: Unix socket paths live under it
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(tmp) })
+			cmd.Env = append(os.Environ(), helperHostEnv+"="+bin, helperTempDir+"="+tmp)
 			if c.env != "" {
 				cmd.Env = append(cmd.Env, c.env)
 			}
@@ -135,6 +142,18 @@ func TestNoOrphanAfterHostSIGKILL(t *testing.T) {
 			_ = cmd.Wait()
 			start := time.Now()
 			waitGone(t, 5*time.Second, warm, busy, child)
+			// A new runtime in the same temp dir removes the dead host's dir.
+			if ents, _ := os.ReadDir(tmp); len(ents) != 1 {
+				t.Fatalf("the killed host left %d dirs in its temp dir", len(ents))
+			}
+			rt, err := goplugin.New(goplugin.Config{TempDir: tmp})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ents, _ := os.ReadDir(tmp); len(ents) != 1 {
+				t.Errorf("after New: %d dirs in the temp dir, want only the new runtime's", len(ents))
+			}
+			rt.Close(context.Background())
 			t.Logf("plugins (warm %d, busy %d) and the busy one's child %d gone %s after the host's SIGKILL",
 				warm, busy, child, time.Since(start).Round(time.Millisecond))
 		})
