@@ -17,7 +17,8 @@
 //
 // Processes are kept warm between jobs in a bounded pool keyed by the
 // artifact's hash: one process runs one job at a time, concurrent jobs get
-// their own processes, and a process is recycled after
+// their own processes (so the caller's concurrency bounds the running ones;
+// the pool bounds the idle ones), and a process is recycled after
 // Config.MaxJobsPerProcess jobs or Config.MaxIdleTime unused. A process that
 // crashed, timed out, was cancelled, broke the protocol, had a batch refused
 // or panicked is killed (SIGKILL to its group) before Run returns and never
