@@ -422,3 +422,29 @@ func TestPluginSideDependencies(t *testing.T) {
 		}
 	}
 }
+
+// A goroutine the plugin leaves behind cannot emit after Process returned:
+// Done counts exactly the batches sent.
+func TestEmitAfterReturn(t *testing.T) {
+	late := make(chan error, 1)
+	release := make(chan struct{})
+	c := serve(t, funcPlugin{process: func(_ context.Context, _ sdk.Input, out sdk.Output) error {
+		go func() {
+			<-release
+			late <- emitInts(out, "ints", 0, 1)
+			out.Logger().Info("too late") // goes to stderr instead
+		}()
+		return emitInts(out, "ints", 0, 10)
+	}})
+	j, err := process(t, context.Background(), c, &pluginpb.ProcessRequest{})
+	close(release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-late; err == nil || !strings.Contains(err.Error(), "the job is over") {
+		t.Fatalf("late Emit: %v", err)
+	}
+	if j.done.GetBatches() != 1 || len(j.batches(t, "ints")) != 1 {
+		t.Fatalf("done %v", j.done)
+	}
+}

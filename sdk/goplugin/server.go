@@ -161,6 +161,11 @@ func (s *server) Process(req *pluginpb.ProcessRequest, stream pluginpb.Plugin_Pr
 		}()
 		err = s.impl.Process(ctx, in, out)
 	}()
+	// An Emit still running in a goroutine the plugin left behind completes
+	// its batch; later ones fail, so Done counts every batch sent.
+	out.emitMu.Lock()
+	out.emitOver = true
+	out.emitMu.Unlock()
 	switch {
 	case panicked != nil:
 		return out.fail(panicked)
@@ -259,9 +264,10 @@ type output struct {
 	logger   *slog.Logger
 	syncLine string
 
-	emitMu sync.Mutex // one batch at a time, so chunks are never interleaved
-	buf    []byte     // chunk buffer, reused (see chunkWriter.flush)
-	broken error      // set when a batch was cut off after some of its chunks were sent
+	emitMu   sync.Mutex // one batch at a time, so chunks are never interleaved
+	buf      []byte     // chunk buffer, reused (see chunkWriter.flush)
+	broken   error      // set when a batch was cut off after some of its chunks were sent
+	emitOver bool       // Process returned: no more batches
 
 	mu      sync.Mutex // guards the stream and the fields below
 	over    bool
@@ -280,11 +286,14 @@ func (o *output) Emit(topic string, rec arrow.RecordBatch) error {
 	if err := sdk.CheckEmit(o.info, topic, rec); err != nil {
 		return &schemaError{err}
 	}
+	o.emitMu.Lock()
+	defer o.emitMu.Unlock()
+	if o.emitOver {
+		return errJobOver
+	}
 	if err := o.ctx.Err(); err != nil {
 		return fmt.Errorf("emit: the host stopped the job: %w", err)
 	}
-	o.emitMu.Lock()
-	defer o.emitMu.Unlock()
 	if o.broken != nil {
 		return o.broken
 	}
