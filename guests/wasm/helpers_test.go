@@ -75,7 +75,9 @@ func testPlugin(t testing.TB) string {
 			return
 		}
 		built := time.Since(start)
-		cmd = exec.Command("go", "run", "-ldflags=-X=github.com/tetratelabs/wazero/internal/version.version="+wazeroVersion(),
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd = exec.CommandContext(ctx, "go", "run", "-ldflags=-X=github.com/tetratelabs/wazero/internal/version.version="+wazeroVersion(),
 			"./testdata/precompile", out, sharedCache())
 		cmd.Env = toolEnv()
 		var stderr bytes.Buffer
@@ -142,6 +144,16 @@ var shared struct {
 	err  error
 }
 
+// writeInput writes a small CSV input file.
+func writeInput(t testing.TB) string {
+	t.Helper()
+	in := filepath.Join(t.TempDir(), "input data é.csv")
+	if err := os.WriteFile(in, []byte("a,b\n1,x\n2,y\n3,z\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
 type env struct {
 	t   *testing.T
 	rt  *wasm.Runtime
@@ -182,12 +194,8 @@ func newEnv(t *testing.T, mut func(*wasm.Config)) *env {
 			mem.AssertSize(t, 0)
 		})
 	}
-	dir := t.TempDir()
-	in := filepath.Join(dir, "input data é.csv")
-	if err := os.WriteFile(in, []byte("a,b\n1,x\n2,y\n3,z\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &env{t: t, rt: rt, mem: mem, dir: dir, in: in}
+	in := writeInput(t)
+	return &env{t: t, rt: rt, mem: mem, dir: filepath.Dir(in), in: in}
 }
 
 // load loads the test plugin.
@@ -367,16 +375,35 @@ const (
 // Where abiModule puts its data.
 const (
 	offTopic = 0    // "rows"
+	offOther = 16   // "other"
 	offInfo  = 256  // the Info JSON
 	offError = 1024 // an error JSON, if any
 	offJunk  = 2048 // 64 bytes that are not Arrow
+	offIPC   = 4096 // an Arrow IPC stream, if any
+	offAlloc = 32768
 )
 
 // abiModule is a complete ABI v1 module in 1 page of memory whose
 // casparian_abi_version returns version and whose casparian_process runs
 // process (it must leave an i32 status on the stack).
 func abiModule(version int64, process []byte, errJSON string) []byte {
-	info := `{"name":"handmade","version":"0.0.1","sdk":"wat/1"}`
+	return handmade{version: version, process: process, errJSON: errJSON}.bytes()
+}
+
+// handmade describes an ABI v1 module written without any SDK.
+type handmade struct {
+	version int64
+	process []byte
+	errJSON string
+	info    string // default: no topics
+	ipc     []byte // an Arrow IPC stream at offIPC
+}
+
+func (h handmade) bytes() []byte {
+	info := h.info
+	if info == "" {
+		info = `{"name":"handmade","version":"0.0.1","sdk":"wat/1"}`
+	}
 	return wmodule{
 		imports: []wimport{
 			{"casparian", "emit", []byte{tI32, tI32, tI32, tI32}, []byte{tI32}},
@@ -385,21 +412,28 @@ func abiModule(version int64, process []byte, errJSON string) []byte {
 			{"casparian", "set_error", []byte{tI32, tI32}, nil},
 		},
 		funcs: []wfunc{
-			{export: "casparian_abi_version", results: []byte{tI32}, body: i32c(version)},
-			{export: "casparian_alloc", params: []byte{tI32}, results: []byte{tI32}, body: i32c(4096)},
+			{export: "casparian_abi_version", results: []byte{tI32}, body: i32c(h.version)},
+			{export: "casparian_alloc", params: []byte{tI32}, results: []byte{tI32}, body: i32c(offAlloc)},
 			{export: "casparian_free", params: []byte{tI32, tI32}},
 			{export: "casparian_info", results: []byte{tI32},
 				body: cat(i32c(offInfo), i32c(int64(len(info))), call(fnSetInfo), i32c(0))},
-			{export: "casparian_process", params: []byte{tI32, tI32}, results: []byte{tI32}, body: process},
+			{export: "casparian_process", params: []byte{tI32, tI32}, results: []byte{tI32}, body: h.process},
 		},
 		pages: 1,
 		data: []wdata{
 			{offTopic, []byte("rows")},
+			{offOther, []byte("other")},
 			{offInfo, []byte(info)},
-			{offError, []byte(errJSON)},
+			{offError, []byte(h.errJSON)},
 			{offJunk, bytes.Repeat([]byte{0xAB}, 64)},
+			{offIPC, h.ipc},
 		},
 	}.bytes()
+}
+
+// emitCall is casparian.emit(topic, data) leaving its status on the stack.
+func emitCall(topicOff, topicLen, dataOff, dataLen int64) []byte {
+	return cat(i32c(topicOff), i32c(topicLen), i32c(dataOff), i32c(dataLen), call(fnEmit))
 }
 
 func cat(parts ...[]byte) []byte {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 
+	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/guests/wasm"
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/internal/testenv"
@@ -89,6 +92,18 @@ func TestEmitTopicsLogsAndInput(t *testing.T) {
 	r2 := sum2.Column(sum2.Schema().FieldIndices("random")[0]).(*array.Int64).Value(0)
 	if r1 != r2 {
 		t.Errorf("random values differ between runs (%d, %d): the default random source should be deterministic", r1, r2)
+	}
+}
+
+func TestGoroutinesInsideProcess(t *testing.T) {
+	e := newEnv(t, nil)
+	inst := e.load(context.Background())
+	rec, err := e.run(context.Background(), inst, map[string]any{"mode": "parallel", "workers": 6})
+	if err != nil {
+		t.Fatal(guest.JobError(42, err))
+	}
+	if n := len(rec.Batches["rows"]); n != 6 || rec.Rows("rows") != 60 {
+		t.Errorf("%d batches, %d rows; want 6, 60", n, rec.Rows("rows"))
 	}
 }
 
@@ -450,23 +465,58 @@ func fileSize(path string) string {
 	return fmt.Sprintf("%.1f MB", float64(st.Size())/1e6)
 }
 
+// TestHashCheck: a module whose SHA-256 differs from the plugin's Hash is
+// refused, also when the runtime remembers the file from an earlier Load,
+// and a module file replaced in place is read again.
 func TestHashCheck(t *testing.T) {
+	defer wasm.SetRacyWindow(0)() // remember the file we just wrote
 	e := newEnv(t, nil)
-	path := testPlugin(t)
-	_, err := e.rt.Load(context.Background(), guest.Plugin{Name: "testplugin", Path: path, Hash: strings.Repeat("ab", 32)})
-	ge := mustGuestError(t, err, guest.ErrPlugin)
-	if !strings.Contains(ge.Message, "SHA-256") || !strings.Contains(ge.Message, strings.Repeat("ab", 32)) {
+	src, err := os.ReadFile(testPlugin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(e.dir, "plugin.wasm")
+	if err := os.WriteFile(path, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(src)
+	good := hex.EncodeToString(sum[:])
+	load := func(hash string) error {
+		inst, err := e.rt.Load(context.Background(), guest.Plugin{Name: "testplugin", Path: path, Hash: hash})
+		if err == nil {
+			inst.Close(context.Background())
+		}
+		return err
+	}
+	wrong := strings.Repeat("ab", 32)
+	ge := mustGuestError(t, load(wrong), guest.ErrPlugin)
+	if !strings.Contains(ge.Message, "SHA-256 is "+good+", expected "+wrong) {
 		t.Errorf("message %q", ge.Message)
 	}
-	sum, err := sha256File(path)
-	if err != nil {
+	if err := load(strings.ToUpper(good)); err != nil {
 		t.Fatal(err)
 	}
-	inst, err := e.rt.Load(context.Background(), guest.Plugin{Name: "testplugin", Path: path, Hash: strings.ToUpper(sum)})
-	if err != nil {
+	// Remembered now: not read again, and the check still applies.
+	reads := wasm.Reads(e.rt)
+	mustGuestError(t, load(wrong), guest.ErrPlugin)
+	if err := load(good); err != nil {
 		t.Fatal(err)
 	}
-	inst.Close(context.Background())
+	if n := wasm.Reads(e.rt) - reads; n != 0 {
+		t.Errorf("an unchanged module file was read %d more times", n)
+	}
+
+	// Replace the file's content (same path, same size: only the content
+	// and its ctime change).
+	other := append([]byte(nil), src...)
+	copy(other[len(other)-8:], "CHANGED!") // inside the last custom section
+	if err := os.WriteFile(path, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ge = mustGuestError(t, load(good), guest.ErrPlugin)
+	if strings.Contains(ge.Message, "SHA-256 is "+good) || wasm.Reads(e.rt) != reads+1 {
+		t.Errorf("the changed file was not read again: %s", ge.Message)
+	}
 }
 
 // TestBadModules loads modules that are not valid plugins.
@@ -550,9 +600,7 @@ func TestBadModules(t *testing.T) {
 // TestHostileModules runs hand-made modules that misuse the imports.
 func TestHostileModules(t *testing.T) {
 	e := newEnv(t, nil)
-	emit := func(topicOff, topicLen, dataOff, dataLen int64) []byte {
-		return cat(i32c(topicOff), i32c(topicLen), i32c(dataOff), i32c(dataLen), call(fnEmit))
-	}
+	emit := emitCall
 	cases := []struct {
 		name    string
 		process []byte
@@ -584,6 +632,68 @@ func TestHostileModules(t *testing.T) {
 				t.Errorf("%q not in %q", c.want, ge.Message)
 			}
 		})
+	}
+}
+
+// TestHandmadeModule runs a module written without any SDK (the ABI is
+// language-neutral) that emits an Arrow IPC stream made elsewhere, and shows
+// that the host enforces the topics the module declares.
+func TestHandmadeModule(t *testing.T) {
+	e := newEnv(t, nil)
+	mem := memory.NewGoAllocator()
+	b := array.NewInt64Builder(mem)
+	b.AppendValues([]int64{10, 20, 30}, nil)
+	col := b.NewArray()
+	b.Release()
+	schema := arrow.NewSchema([]arrow.Field{{Name: "v", Type: arrow.PrimitiveTypes.Int64}}, nil)
+	rec := array.NewRecordBatch(schema, []arrow.Array{col}, 3)
+	col.Release()
+	ipc, err := bridge.EncodeIPC(schema, rec)
+	rec.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := "two batches"
+	process := cat(
+		emitCall(offTopic, 4, offIPC, int64(len(ipc))), []byte{opDrop},
+		emitCall(offTopic, 4, offIPC, int64(len(ipc))), []byte{opDrop},
+		i32c(4), i32c(offError), i32c(int64(len(msg))), call(fnLog),
+		i32c(0))
+	inst, err := e.loadBytes(handmade{version: 1, process: process, errJSON: msg, ipc: ipc}.bytes())
+	if err != nil {
+		t.Fatal(guest.JobError(0, err))
+	}
+	out, err := e.run(context.Background(), inst, nil)
+	if err != nil {
+		t.Fatal(guest.JobError(42, err))
+	}
+	if out.Rows("rows") != 6 || len(out.Batches["rows"]) != 2 {
+		t.Errorf("%d rows in %d batches, want 6 in 2", out.Rows("rows"), len(out.Batches["rows"]))
+	}
+	if v := out.Batches["rows"][1].Column(0).(*array.Int64).Value(2); v != 30 {
+		t.Errorf("value %d", v)
+	}
+	if len(out.Logs) != 1 || out.Logs[0].Message != msg || out.Logs[0].Level != slog.LevelWarn || out.Logs[0].Stream != "sdk" {
+		t.Errorf("logs %+v", out.Logs)
+	}
+
+	// Declared topics: "rows" only; emitting to "other" stops the module.
+	process = cat(
+		emitCall(offTopic, 4, offIPC, int64(len(ipc))), []byte{opDrop},
+		emitCall(offOther, 5, offIPC, int64(len(ipc))), []byte{opDrop},
+		[]byte{opUnreachable}) // never reached
+	inst, err = e.loadBytes(handmade{version: 1, process: process, ipc: ipc,
+		info: `{"name":"declared","topics":[{"name":"rows"}]}`}.bytes())
+	if err != nil {
+		t.Fatal(guest.JobError(0, err))
+	}
+	out, err = e.run(context.Background(), inst, nil)
+	ge := mustGuestError(t, err, guest.ErrSchema)
+	if !strings.Contains(ge.Message, `emitted to topic "other", which its Info does not declare`) {
+		t.Errorf("message %q", ge.Message)
+	}
+	if out.Rows("rows") != 3 {
+		t.Errorf("the batch before the refusal: %d rows", out.Rows("rows"))
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -81,6 +82,29 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 		return escape(in, out)
 	case "undeclared":
 		return out.Emit("secret", batch(1, 0))
+	case "parallel":
+		// Goroutines inside one export call: the Go runtime schedules them
+		// while Process waits.
+		n := num(in.Config, "workers", 4)
+		recs := make(chan arrow.RecordBatch, n)
+		var wg sync.WaitGroup
+		for w := 0; w < n; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				time.Sleep(time.Duration(n-w) * time.Millisecond)
+				recs <- batch(10, w*10)
+			}(w)
+		}
+		go func() { wg.Wait(); close(recs) }()
+		for rec := range recs {
+			err := out.Emit("rows", rec)
+			rec.Release()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	case "big":
 		rec := batch(num(in.Config, "rows", 10000), 0)
 		defer rec.Release()

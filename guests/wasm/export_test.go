@@ -1,0 +1,18 @@
+package wasm
+
+import "time"
+
+// SetRacyWindow changes how long a module file must be left alone before a
+// Load remembers its hash, and returns a function that restores it.
+func SetRacyWindow(d time.Duration) (restore func()) {
+	old := racyWindow
+	racyWindow = d
+	return func() { racyWindow = old }
+}
+
+// Reads returns how many times r read a module's bytes.
+func Reads(r *Runtime) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reads
+}
