@@ -397,6 +397,7 @@ type handmade struct {
 	errJSON string
 	info    string // default: no topics
 	ipc     []byte // an Arrow IPC stream at offIPC
+	init    []byte // the body of an exported _initialize, if not nil
 }
 
 func (h handmade) bytes() []byte {
@@ -404,7 +405,7 @@ func (h handmade) bytes() []byte {
 	if info == "" {
 		info = `{"name":"handmade","version":"0.0.1","sdk":"wat/1"}`
 	}
-	return wmodule{
+	m := wmodule{
 		imports: []wimport{
 			{"casparian", "emit", []byte{tI32, tI32, tI32, tI32}, []byte{tI32}},
 			{"casparian", "log", []byte{tI32, tI32, tI32}, nil},
@@ -428,8 +429,15 @@ func (h handmade) bytes() []byte {
 			{offJunk, bytes.Repeat([]byte{0xAB}, 64)},
 			{offIPC, h.ipc},
 		},
-	}.bytes()
+	}
+	if h.init != nil {
+		m.funcs = append(m.funcs, wfunc{export: "_initialize", body: h.init})
+	}
+	return m.bytes()
 }
+
+// loopForever is an endless loop without calls.
+var loopForever = []byte{0x03, 0x40, 0x0c, 0x00, opEnd} // loop, br 0, end
 
 // emitCall is casparian.emit(topic, data) leaving its status on the stack.
 func emitCall(topicOff, topicLen, dataOff, dataLen int64) []byte {

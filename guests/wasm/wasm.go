@@ -8,27 +8,39 @@
 // and keeps the compiled code in memory for later Loads; the machine code is
 // also written to an on-disk compilation cache, so the next process that
 // loads the same module skips the compiler. Load then instantiates the
-// module once to check its ABI version and read its Info. Every
-// [guest.Instance.Run] instantiates a fresh module (new linear memory,
+// module once to check its ABI version and read its Info. A module file
+// that a Load of this runtime verified before and that has not changed since
+// (same inode, size, mtime and ctime, on Linux) is not read and hashed again.
+// Every [guest.Instance.Run] instantiates a fresh module (new linear memory,
 // _initialize, one casparian_process call) and closes it at the end: runs
 // share nothing, so an Instance runs any number of inputs concurrently.
 //
+// For a 15 MB Go module (arrow-go's IPC writer makes most of it) on a 2-core
+// VM: compiling takes about 15 s, a Load from the disk cache in a new
+// process about 0.4 s, a Load from memory microseconds, and a run that emits
+// nothing about 25 ms (three quarters of it wazero evaluating, for every new
+// instance, the initializers of the module's function table and data
+// segments; the rest mostly Go's runtime initialization).
+//
 // # Sandbox
 //
-// A module sees, through WASI: its input file, read-only, at
-// /input/<base name of the file> (nothing else of the host's file system:
-// the directory /input lists only that file, and ".." does not leave it); an
-// empty stdin; stdout and stderr, forwarded line by line as log records; no
-// arguments besides argv[0] (the plugin name), no environment variables; no
-// network (wazero implements no WASI sockets unless asked to). The clocks
-// are fake and deterministic by default (the wall clock starts at
-// 2022-01-01T00:00:00Z and every reading advances both clocks by 1 ms; sleep
+// A module sees, through WASI: its input file, read-only (mode 0444), at
+// /input/<base name of the file>, and nothing else of the host's file
+// system: /input lists only that file, / is an empty read-only directory
+// listing only "input", every other path does not exist, ".." does not leave
+// /input, and any open for writing fails with EROFS. Also: an empty stdin;
+// stdout and stderr, forwarded line by line as log records; argv[0] (the
+// plugin name) and no other argument; no environment variables; no network
+// (wazero implements no WASI sockets unless asked to). The clocks are fake
+// and deterministic by default (the wall clock starts at
+// 2022-01-01T00:00:00Z and every reading advances the clocks by 1 ms; sleep
 // returns at once) and random_get returns a fixed deterministic sequence;
 // [Config.RealClock] and [Config.RandSource] give the module the real ones.
 // Linear memory is capped by [Config.MemoryLimitPages]; the run's context
 // deadline or cancellation stops the module even in a tight loop (wazero's
 // WithCloseOnContextDone), and a trap, a Go panic or an exit of the module is
-// a job error, never a host crash.
+// a job error, never a host crash. What the module may call is
+// docs/WASM_ABI.md: WASI preview 1 and the four casparian functions.
 //
 // # Errors
 //
@@ -72,6 +84,7 @@ const (
 	DefaultMaxModuleBytes   = 256 << 20 // one .wasm artifact
 	DefaultMaxModules       = 16
 	DefaultStderrTail       = 20
+	DefaultLoadTimeout      = 30 * time.Second
 
 	maxMemoryPages = 65536    // 4 GiB, the wasm32 ceiling
 	maxLogLine     = 64 << 10 // one log line (longer ones are cut)
@@ -106,6 +119,10 @@ type Config struct {
 	// RandSource is what random_get reads, e.g. crypto/rand.Reader; it must
 	// be safe for concurrent use. Default nil: a deterministic sequence.
 	RandSource io.Reader
+	// LoadTimeout bounds the module's _initialize and casparian_info calls
+	// at Load (a module that loops there never gets to run). Compiling is not
+	// bounded: it cannot be interrupted. Default 30 s.
+	LoadTimeout time.Duration
 	// StderrTail is how many stderr lines a crash error quotes. Default 20.
 	StderrTail int
 	// Allocator allocates decoded Arrow data. Default memory.DefaultAllocator.
@@ -174,6 +191,9 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if cfg.StderrTail <= 0 {
 		cfg.StderrTail = DefaultStderrTail
+	}
+	if cfg.LoadTimeout <= 0 {
+		cfg.LoadTimeout = DefaultLoadTimeout
 	}
 	if cfg.Allocator == nil {
 		cfg.Allocator = memory.DefaultAllocator
@@ -460,9 +480,16 @@ func (r *Runtime) compile(ctx context.Context, m *module, bin []byte, p guest.Pl
 		return err
 	}
 	_, m.hasInit = cm.ExportedFunctions()[abi.ExportInitialize]
-	info, err := r.probe(ctx, m, label)
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.LoadTimeout)
+	info, err := r.probe(pctx, m, label)
+	cancel()
 	if err != nil {
 		cm.Close(ctx)
+		if errors.Is(err, guest.ErrTimeout) && ctx.Err() == nil {
+			err = &guest.Error{Kind: guest.ErrTimeout, ExitCode: -1,
+				Message: fmt.Sprintf("plugin %s did not finish _initialize and casparian_info within %s", label, r.cfg.LoadTimeout),
+				Hint:    "the module's initialization loops or blocks; check its init functions and Info"}
+		}
 		return err
 	}
 	m.info = info

@@ -697,6 +697,17 @@ func TestHandmadeModule(t *testing.T) {
 	}
 }
 
+func TestLoadTimeout(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) { c.LoadTimeout = 200 * time.Millisecond })
+	before := goroutines()
+	_, err := e.loadBytes(handmade{version: 1, process: i32c(0), init: loopForever}.bytes())
+	ge := mustGuestError(t, err, guest.ErrTimeout)
+	if !strings.Contains(ge.Message, "did not finish _initialize and casparian_info within 200ms") {
+		t.Errorf("message %q", ge.Message)
+	}
+	waitGoroutines(t, before)
+}
+
 func TestClosedRuntime(t *testing.T) {
 	rt, err := wasm.New(wasm.Config{CacheDir: sharedCache()})
 	if err != nil {
