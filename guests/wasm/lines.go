@@ -9,12 +9,16 @@ import (
 // lineWriter splits a module's stdout or stderr into lines (cut at
 // maxLogLine bytes) and hands each to emit.
 type lineWriter struct {
-	mu   sync.Mutex
-	buf  []byte
-	emit func(string)
+	mu    sync.Mutex
+	buf   []byte
+	emit  func(string)
+	touch func() // called on every write, if set
 }
 
 func (w *lineWriter) Write(b []byte) (int, error) {
+	if w.touch != nil {
+		w.touch()
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := len(b)

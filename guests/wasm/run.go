@@ -64,16 +64,22 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	}
 	r := i.rt
 	st := &runState{rt: r, label: i.name, out: out, tail: newTail(r.cfg.StderrTail)}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if d := r.cfg.IdleTimeout; d > 0 {
+		st.idle = &idleWatch{d: d, t: time.AfterFunc(d, func() { cancel(&idleError{d}) })}
+		defer st.idle.t.Stop()
+	}
 	if len(i.mod.info.Topics) > 0 {
 		st.topics = map[string]bool{}
 		for _, t := range i.mod.info.Topics {
 			st.topics[t.Name] = true
 		}
 	}
-	st.stdout = &lineWriter{emit: func(l string) {
+	st.stdout = &lineWriter{touch: st.idle.poke, emit: func(l string) {
 		out.Log(guest.LogRecord{Level: slog.LevelInfo, Message: l, Stream: "stdout"})
 	}}
-	st.stderr = &lineWriter{emit: func(l string) {
+	st.stderr = &lineWriter{touch: st.idle.poke, emit: func(l string) {
 		st.stderrLine(l)
 		out.Log(guest.LogRecord{Level: slog.LevelWarn, Message: l, Stream: "stderr"})
 	}}
@@ -179,13 +185,38 @@ type runState struct {
 	crash          []string // the first "panic: " or "fatal error: " line on stderr and those after it
 	sawOOM         bool     // stderr said "out of memory"
 
-	processing bool   // inside casparian_process
-	info       []byte // the set_info document
-	errDoc     []byte // the last set_error document
-	failure    error  // why the host stopped the module, if it did
+	idle       *idleWatch // nil without an idle timeout
+	processing bool       // inside casparian_process
+	info       []byte     // the set_info document
+	errDoc     []byte     // the last set_error document
+	failure    error      // why the host stopped the module, if it did
 
 	batches, rows int64
 }
+
+// idleWatch cancels a run whose module shows no sign of life for d.
+type idleWatch struct {
+	d time.Duration
+	t *time.Timer
+}
+
+// poke restarts the countdown; pause stops it (while the host works).
+func (w *idleWatch) poke() {
+	if w != nil {
+		w.t.Reset(w.d)
+	}
+}
+
+func (w *idleWatch) pause() {
+	if w != nil {
+		w.t.Stop()
+	}
+}
+
+// idleError is the cause of a run cancelled by its idleWatch.
+type idleError struct{ d time.Duration }
+
+func (e *idleError) Error() string { return fmt.Sprintf("no sign of life from the module for %s", e.d) }
 
 type stateKey struct{}
 
@@ -375,6 +406,12 @@ func failureHint(kind error, msg string) string {
 }
 
 func ctxError(ctx context.Context, during string) *guest.Error {
+	var idle *idleError
+	if errors.As(context.Cause(ctx), &idle) {
+		return &guest.Error{Kind: guest.ErrTimeout, ExitCode: -1,
+			Message: fmt.Sprintf("the plugin emitted, logged and printed nothing for %s %s", idle.d, during),
+			Hint:    "the plugin may be stuck in a loop; if it legitimately computes that long between batches, raise the WASM idle timeout"}
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 		return &guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Message: "job deadline exceeded " + during,
 			Hint: "the plugin ran longer than the job timeout; raise it if the input is legitimately large"}
@@ -416,6 +453,8 @@ func hostEmit(ctx context.Context, mod api.Module, stack []uint64) {
 			Message: fmt.Sprintf("plugin %s called casparian.emit outside casparian_process", st.label),
 			Hint:    "emit batches only while processing an input"})
 	}
+	st.idle.pause() // the host's time, not the module's
+	defer st.idle.poke()
 	tp, tl := api.DecodeU32(stack[0]), api.DecodeU32(stack[1])
 	dp, dl := api.DecodeU32(stack[2]), api.DecodeU32(stack[3])
 	if tl > bridge.MaxTopicLen {
@@ -465,6 +504,7 @@ func hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 	if st == nil {
 		panic(errStopped)
 	}
+	st.idle.poke()
 	level := slog.Level(api.DecodeI32(stack[0]))
 	p, n := api.DecodeU32(stack[1]), api.DecodeU32(stack[2])
 	cut := n > maxLogLine

@@ -85,6 +85,7 @@ const (
 	DefaultMaxModules       = 16
 	DefaultStderrTail       = 20
 	DefaultLoadTimeout      = 30 * time.Second
+	DefaultIdleTimeout      = 60 * time.Second
 
 	maxMemoryPages = 65536    // 4 GiB, the wasm32 ceiling
 	maxLogLine     = 64 << 10 // one log line (longer ones are cut)
@@ -119,6 +120,13 @@ type Config struct {
 	// RandSource is what random_get reads, e.g. crypto/rand.Reader; it must
 	// be safe for concurrent use. Default nil: a deterministic sequence.
 	RandSource io.Reader
+	// IdleTimeout is the longest a run may go without the module emitting a
+	// batch, logging, or writing to stdout or stderr (time spent in the
+	// Output's Emit does not count); past it the run fails with ErrTimeout.
+	// wazero has no instruction budget ("fuel", wazero#422), so this and the
+	// job's deadline are what stop a module stuck in a loop. Default 60 s, as
+	// the Python guest's; negative disables it.
+	IdleTimeout time.Duration
 	// LoadTimeout bounds the module's _initialize and casparian_info calls
 	// at Load (a module that loops there never gets to run). Compiling is not
 	// bounded: it cannot be interrupted. Default 30 s.
@@ -191,6 +199,9 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if cfg.StderrTail <= 0 {
 		cfg.StderrTail = DefaultStderrTail
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.LoadTimeout <= 0 {
 		cfg.LoadTimeout = DefaultLoadTimeout

@@ -267,6 +267,35 @@ func TestDeadlineStopsInfiniteLoop(t *testing.T) {
 	waitGoroutines(t, before)
 }
 
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) {
+		c.IdleTimeout = 300 * time.Millisecond
+		c.RealClock = true
+	})
+	inst := e.load(context.Background())
+	// Output keeps it alive: 6 batches 100 ms apart make a run longer than
+	// the idle timeout.
+	start := time.Now()
+	rec, err := e.run(context.Background(), inst, map[string]any{"mode": "slow", "batches": 6, "sleep_ms": 100})
+	if err != nil {
+		t.Fatal(guest.JobError(42, err))
+	}
+	if took := time.Since(start); rec.Rows("rows") != 6 || took < 500*time.Millisecond {
+		t.Errorf("%d rows in %s; want 6 in at least 600 ms", rec.Rows("rows"), took)
+	}
+	before := goroutines()
+	start = time.Now()
+	_, err = e.run(context.Background(), inst, map[string]any{"mode": "loop"})
+	ge := mustGuestError(t, err, guest.ErrTimeout)
+	if !strings.Contains(ge.Message, "emitted, logged and printed nothing for 300ms in casparian_process") {
+		t.Errorf("message %q", ge.Message)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("stopped after %s", took)
+	}
+	waitGoroutines(t, before)
+}
+
 func TestCancel(t *testing.T) {
 	e := newEnv(t, nil)
 	inst := e.load(context.Background())

@@ -105,6 +105,18 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 			}
 		}
 		return nil
+	case "slow":
+		// Emits a batch every "sleep_ms" milliseconds.
+		for i := 0; i < num(in.Config, "batches", 3); i++ {
+			time.Sleep(time.Duration(num(in.Config, "sleep_ms", 100)) * time.Millisecond)
+			rec := batch(1, i)
+			err := out.Emit("rows", rec)
+			rec.Release()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	case "big":
 		rec := batch(num(in.Config, "rows", 10000), 0)
 		defer rec.Release()
