@@ -16,7 +16,7 @@ BIN        := bin/casparian
 FUZZTIME   ?= 15s
 export CASPARIAN_PYTHON := $(PY)
 
-.PHONY: all demo test test-go test-python bench fuzz lint fmt build clean distclean venv
+.PHONY: all examples demo test test-go test-python bench fuzz lint fmt build clean distclean venv
 
 all: build
 
@@ -45,7 +45,14 @@ test-go: venv build
 test-python: venv
 	cd sdk/python && $(PY) -m pytest -q
 
-demo: build venv
+# The Go example plugin, one source built as a go-plugin executable and as a
+# WASM module (never committed: built here, and by the tests at test time).
+examples:
+	@mkdir -p bin/examples
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/examples/jsonl ./examples/go-jsonl
+	GOOS=wasip1 GOARCH=wasm $(GO) build -trimpath -buildmode=c-shared -o bin/examples/jsonl.wasm ./examples/go-jsonl
+
+demo: build venv examples
 	./examples/demo.sh
 
 bench: build venv

@@ -26,6 +26,7 @@ import (
 
 	"github.com/casparianflow/casparian/host"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/host/manifest"
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/sentinel/transport"
 )
@@ -70,8 +71,8 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the exponential backoff between
 	// connection attempts. Defaults 100 ms and 5 s.
 	ReconnectMin, ReconnectMax time.Duration
-	// Plugin turns a DISPATCH into the plugin to load. Default: the
-	// DISPATCH's source_code as a Python plugin.
+	// Plugin turns a DISPATCH into the plugin to load. Default
+	// DispatchPlugin.
 	Plugin func(*protocol.DispatchCommand) (guest.Plugin, error)
 }
 
@@ -111,13 +112,40 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Plugin == nil {
-		c.Plugin = PythonPlugin
+		c.Plugin = DispatchPlugin
 	}
 	return c
 }
 
-// PythonPlugin is the default Config.Plugin: the DISPATCH's source code,
-// run by the Python guest.
+// DispatchPlugin is the default Config.Plugin. A source_code that is a
+// plugin manifest (package host/manifest: a go-plugin executable or a WASM
+// module on storage the worker shares) names the artifact, whose SHA-256 is
+// checked against the manifest and the DISPATCH's artifact_hash; any other
+// source_code is Python source (PythonPlugin).
+func DispatchPlugin(d *protocol.DispatchCommand) (guest.Plugin, error) {
+	if !manifest.IsManifest(d.SourceCode) {
+		return PythonPlugin(d)
+	}
+	m, err := manifest.Parse([]byte(d.SourceCode))
+	if err != nil {
+		return guest.Plugin{}, err
+	}
+	if !filepath.IsAbs(m.Artifact) {
+		return guest.Plugin{}, fmt.Errorf("manifest of %s: artifact path %q must be absolute", d.PluginName, m.Artifact)
+	}
+	if d.ArtifactHash != "" && m.SHA256 != "" && !strings.EqualFold(d.ArtifactHash, m.SHA256) {
+		return guest.Plugin{}, fmt.Errorf("manifest of %s: sha256 %s differs from the DISPATCH's artifact_hash %s",
+			d.PluginName, m.SHA256, d.ArtifactHash)
+	}
+	if err := m.Verify(); err != nil {
+		return guest.Plugin{}, fmt.Errorf("plugin %s on this worker: %w", d.PluginName, err)
+	}
+	p := m.Plugin()
+	p.Name = d.PluginName
+	return p, nil
+}
+
+// PythonPlugin treats the DISPATCH's source code as a Python plugin.
 func PythonPlugin(d *protocol.DispatchCommand) (guest.Plugin, error) {
 	if d.SourceCode == "" {
 		return guest.Plugin{}, errors.New("DISPATCH carries no source_code")

@@ -4,7 +4,7 @@ package main
 //
 //	casparian jobs     [--database DSN] [--status S[,S]] [--plugin P] [--limit N] [--json]
 //	casparian workers  [--database DSN] [--json]
-//	casparian enqueue  [--database DSN] --plugin NAME [--plugin-file PATH.py] [--version V]
+//	casparian enqueue  [--database DSN] --plugin NAME [--plugin-file PLUGIN] [--version V]
 //	                   [--priority N] [--sink TOPIC=URI ...] FILE|DIR...
 
 import (
@@ -24,6 +24,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/host/manifest"
 	"github.com/casparianflow/casparian/sentinel/store"
 )
 
@@ -458,8 +460,8 @@ func cmdEnqueue(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs := flag.NewFlagSet("enqueue", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	db := databaseFlag(fs)
-	plugin := fs.String("plugin", "", "plugin name the jobs run (default: the --plugin-file name without .py)")
-	pluginFile := fs.String("plugin-file", "", "register this .py file as the plugin's ACTIVE source first")
+	plugin := fs.String("plugin", "", "plugin name the jobs run (default: the --plugin-file name without its extension)")
+	pluginFile := fs.String("plugin-file", "", "register this plugin first (a .py file, a go-plugin executable, a .wasm module or a manifest .json) as the ACTIVE version")
 	version := fs.String("version", "", `version recorded with --plugin-file (default "0.0.0")`)
 	priority := fs.Int64("priority", 0, "job priority: higher runs first")
 	var sinks multiFlag
@@ -504,16 +506,35 @@ func cmdEnqueue(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	var source []byte
+	var artifactHash string
 	if *pluginFile != "" {
-		if !strings.EqualFold(filepath.Ext(*pluginFile), ".py") {
-			return usageErr("--plugin-file %s: Python plugins end in .py", *pluginFile)
-		}
-		var err error
-		if source, err = os.ReadFile(*pluginFile); err != nil {
+		m, err := manifest.Resolve(*pluginFile)
+		if err != nil {
 			return fail(fmt.Errorf("--plugin-file: %w", err))
 		}
-		if len(source) == 0 {
-			return fail(fmt.Errorf("--plugin-file %s is empty", *pluginFile))
+		if m.Kind == guest.KindPython && !strings.EqualFold(filepath.Ext(*pluginFile), ".json") {
+			// Python plugins travel as source code in every DISPATCH.
+			if source, err = os.ReadFile(m.Artifact); err != nil {
+				return fail(fmt.Errorf("--plugin-file: %w", err))
+			}
+			if len(source) == 0 {
+				return fail(fmt.Errorf("--plugin-file %s is empty", *pluginFile))
+			}
+		} else {
+			// Binary plugins (go-plugin, WASM) are stored as their manifest,
+			// with the artifact's absolute path: workers must see that path
+			// (shared storage) and check its SHA-256 before running it.
+			if m.Kind == guest.KindPython {
+				return fail(fmt.Errorf("--plugin-file %s: pass the .py file of a Python plugin, not a manifest", *pluginFile))
+			}
+			if *version == "" && m.Version != "" {
+				*version = m.Version
+			}
+			if *plugin == "" {
+				name = m.Name
+			}
+			m.Name = name
+			source, artifactHash = m.Encode(), m.SHA256
 		}
 	}
 	inputs, err := enqueueInputs(fs.Args())
@@ -530,13 +551,14 @@ func cmdEnqueue(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	defer s.Close()
 	if source != nil {
-		if _, err := s.AddPlugin(ctx, store.PluginSpec{Name: name, Version: *version, SourceCode: string(source)}); err != nil {
+		if _, err := s.AddPlugin(ctx, store.PluginSpec{Name: name, Version: *version, SourceCode: string(source),
+			ArtifactHash: artifactHash}); err != nil {
 			return fail(err)
 		}
 	}
 	mid, mver, err := s.ActiveManifest(ctx, name)
 	if errors.Is(err, store.ErrNoActiveManifest) {
-		return fail(fmt.Errorf("plugin %s has no active manifest: pass --plugin-file %s.py to register its source", name, name))
+		return fail(fmt.Errorf("plugin %s has no active manifest: pass --plugin-file (a .py file, a go-plugin executable, a .wasm module or a manifest) to register it", name))
 	} else if err != nil {
 		return fail(err)
 	}

@@ -128,10 +128,11 @@ func TestEnqueue(t *testing.T) {
 	adminWriteFile(t, single, "c\n")
 	pluginPy := filepath.Join(dir, "csv_rows.py")
 	adminWriteFile(t, pluginPy, "def parse(path):\n    pass\n")
+	adminWriteFile(t, pluginPy+".txt", "not a plugin\n")
 
 	// Without a manifest: an actionable error, and no job.
 	out, errs, rc := runAdmin(t, cmdEnqueue, "--database", db, "--plugin", "csv_rows", data)
-	if rc != 1 || !strings.Contains(errs, "plugin csv_rows has no active manifest: pass --plugin-file csv_rows.py to register its source") {
+	if rc != 1 || !strings.Contains(errs, "plugin csv_rows has no active manifest: pass --plugin-file") {
 		t.Fatalf("no manifest: rc=%d out=%q err=%q", rc, out, errs)
 	}
 
@@ -222,7 +223,7 @@ func TestEnqueue(t *testing.T) {
 		{[]string{"--plugin", "csv_rows"}, 2, "at least one FILE or DIR"},
 		{[]string{"--plugin", "csv_rows", "--sink", "nouri", single}, 2, `--sink "nouri" is not TOPIC=URI`},
 		{[]string{"--plugin", "csv_rows", "--version", "2", single}, 2, "--version applies to --plugin-file only"},
-		{[]string{"--plugin-file", filepath.Join(dir, "p.txt"), single}, 2, "Python plugins end in .py"},
+		{[]string{"--plugin-file", pluginPy + ".txt", single}, 1, "cannot tell its guest kind"},
 		{[]string{"--bogus"}, 2, "flag provided but not defined"},
 		{[]string{"--plugin", "csv_rows", filepath.Join(dir, "nope.csv")}, 1, "nope.csv: no such file or directory"},
 		{[]string{"--plugin", "csv_rows", empty}, 1, "no input files found"},

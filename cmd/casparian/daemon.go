@@ -16,9 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/casparianflow/casparian/guests/python"
 	"github.com/casparianflow/casparian/host"
-	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/host/sink"
 	"github.com/casparianflow/casparian/internal/obs"
 	"github.com/casparianflow/casparian/sentinel"
@@ -58,10 +56,11 @@ func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger,
 }
 
 type workerFlags struct {
-	output, workerID, caps, python, compression string
+	output, workerID, caps, compression, guests string
 	slots                                       int
-	timeout, connectTimeout, idleTimeout        time.Duration
+	timeout                                     time.Duration
 	heartbeat, sentinelTimeout, drain           time.Duration
+	rt                                          runtimeFlags
 }
 
 func (f *workerFlags) register(fs *flag.FlagSet) {
@@ -69,11 +68,10 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.workerID, "worker-id", "", "worker id (default HOSTNAME-PID)")
 	fs.StringVar(&f.caps, "capabilities", "*", `plugins this worker runs: "*" or a comma-separated list of names`)
 	fs.IntVar(&f.slots, "slots", worker.DefaultSlots, "jobs run at once")
-	fs.StringVar(&f.python, "python", "", "Python interpreter for Python plugins (default: $CASPARIAN_PYTHON, ./.venv/bin/python, python3)")
+	fs.StringVar(&f.guests, "guests", "python,goplugin,wasm", "guest kinds this worker runs")
+	f.rt.register(fs)
 	fs.StringVar(&f.compression, "compression", "snappy", "Parquet compression: snappy, zstd, gzip, none")
 	fs.DurationVar(&f.timeout, "timeout", 0, "per-job timeout (0 = none)")
-	fs.DurationVar(&f.connectTimeout, "connect-timeout", python.DefaultConnectTimeout, "time a Python guest has to connect")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", python.DefaultIdleTimeout, "longest silence from a Python guest")
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", worker.DefaultHeartbeatInterval, "how often the worker reports to the sentinel")
 	fs.DurationVar(&f.sentinelTimeout, "sentinel-timeout", worker.DefaultSentinelTimeout, "reconnect when the sentinel is silent this long")
 	fs.DurationVar(&f.drain, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, wait this long for running jobs before aborting them")
@@ -97,19 +95,16 @@ func (f *workerFlags) newWorker(ctx context.Context, connect string, log *slog.L
 	if err := os.MkdirAll(f.output, 0o755); err != nil {
 		return nil, nil, fmt.Errorf("--output: %w", err)
 	}
-	rt, err := python.New(python.Config{Python: pythonInterpreter(f.python), ConnectTimeout: f.connectTimeout,
-		IdleTimeout: f.idleTimeout, Logger: log})
+	kinds, err := parseKinds(f.guests)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--guests: %w", err)
+	}
+	rts, cleanup, err := f.rt.newRuntimes(ctx, kinds, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	cleanup := func() { _ = rt.Close(context.Background()) }
-	versions, err := rt.Preflight(ctx)
-	if err != nil {
-		cleanup()
-		return nil, nil, err
-	}
-	log.Info("python guest ready", "python", rt.Interpreter(), "versions", versions)
-	h, err := host.New(host.Config{Runtimes: map[guest.Kind]guest.Runtime{guest.KindPython: rt}, OutputDir: f.output,
+	log.Info("guests ready", "kinds", f.guests)
+	h, err := host.New(host.Config{Runtimes: rts, OutputDir: f.output,
 		JobTimeout: f.timeout, Logger: log, Sink: sink.Options{Compression: f.compression}})
 	if err != nil {
 		cleanup()
@@ -117,7 +112,7 @@ func (f *workerFlags) newWorker(ctx context.Context, connect string, log *slog.L
 	}
 	w, err := worker.New(worker.Config{Connect: connect, WorkerID: f.workerID, Capabilities: caps, Slots: f.slots,
 		Host: h, Logger: log, Registerer: reg, HeartbeatInterval: f.heartbeat, SentinelTimeout: f.sentinelTimeout,
-		DrainTimeout: f.drain})
+		DrainTimeout: f.drain, Plugin: worker.DispatchPlugin})
 	if err != nil {
 		cleanup()
 		return nil, nil, err

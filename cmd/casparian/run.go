@@ -16,25 +16,23 @@ import (
 	"sync"
 	"time"
 
-	"github.com/casparianflow/casparian/guests/python"
 	"github.com/casparianflow/casparian/host"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/host/manifest"
 	"github.com/casparianflow/casparian/host/sink"
 )
 
 type runFlags struct {
-	plugin         string
-	output         string
-	jobs           int
-	python         string
-	compression    string
-	timeout        time.Duration
-	connectTimeout time.Duration
-	idleTimeout    time.Duration
-	logLevel       string
-	progress       string
-	fullErrors     bool
-	sinks          multiFlag
+	plugin      string
+	output      string
+	jobs        int
+	compression string
+	timeout     time.Duration
+	logLevel    string
+	progress    string
+	fullErrors  bool
+	sinks       multiFlag
+	rt          runtimeFlags
 }
 
 type multiFlag []string
@@ -46,14 +44,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var f runFlags
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&f.plugin, "plugin", "", "plugin to run: a .py file (required)")
+	fs.StringVar(&f.plugin, "plugin", "", "plugin to run: a .py file, a go-plugin executable, a .wasm module, or a plugin manifest (.json) (required)")
 	fs.StringVar(&f.output, "output", "output", "output directory")
 	fs.IntVar(&f.jobs, "jobs", 4, "files processed in parallel")
-	fs.StringVar(&f.python, "python", "", "Python interpreter for Python plugins (default: $CASPARIAN_PYTHON, ./.venv/bin/python, python3)")
 	fs.StringVar(&f.compression, "compression", "snappy", "Parquet compression: snappy, zstd, gzip, none")
 	fs.DurationVar(&f.timeout, "timeout", 0, "per-file job timeout (0 = none)")
-	fs.DurationVar(&f.connectTimeout, "connect-timeout", python.DefaultConnectTimeout, "time a Python guest has to connect")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", python.DefaultIdleTimeout, "longest silence from a Python guest")
+	f.rt.register(fs)
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn, error (plugin stdout is info, stderr warn)")
 	fs.StringVar(&f.progress, "progress", "auto", "progress display: auto (bar on a terminal), bar, lines, none")
 	fs.BoolVar(&f.fullErrors, "full-errors", false, "print failed jobs' errors whole (tracebacks are shortened otherwise)")
@@ -109,24 +105,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	runtimes := map[guest.Kind]guest.Runtime{}
-	if plugin.Kind == guest.KindPython {
-		rt, err := python.New(python.Config{
-			Python: pythonInterpreter(f.python), ConnectTimeout: f.connectTimeout, IdleTimeout: f.idleTimeout, Logger: logger,
-		})
-		if err != nil {
-			fmt.Fprintf(stderr, "casparian run: %v\n", err)
-			return 1
-		}
-		defer rt.Close(context.Background())
-		versions, err := rt.Preflight(ctx)
-		if err != nil {
-			fmt.Fprintf(stderr, "casparian run: %v\n", err)
-			return 1
-		}
-		logger.Debug("python guest ready", "python", rt.Interpreter(), "versions", versions)
-		runtimes[guest.KindPython] = rt
+	runtimes, closeRuntimes, err := f.rt.newRuntimes(ctx, []guest.Kind{plugin.Kind}, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian run: %v\n", err)
+		return 1
 	}
+	defer closeRuntimes()
 	h, err := host.New(host.Config{Runtimes: runtimes, OutputDir: f.output, JobTimeout: f.timeout, Logger: logger,
 		Sink: sink.Options{Compression: f.compression}})
 	if err != nil {
@@ -176,22 +160,18 @@ feed:
 	return printSummary(stdout, plugin, f.output, jobs, receipts, time.Since(start), ctx.Err() != nil, f.fullErrors)
 }
 
-// resolvePlugin picks the guest kind from the plugin file.
+// resolvePlugin reads a --plugin argument: a manifest, or an artifact
+// whose guest kind is detected from the file.
 func resolvePlugin(path string) (guest.Plugin, error) {
-	st, err := os.Stat(path)
+	m, err := manifest.Resolve(path)
 	if err != nil {
-		return guest.Plugin{}, fmt.Errorf("plugin %s: %w", path, errors.Unwrap(err))
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return guest.Plugin{}, fmt.Errorf("plugin %s: %w", path, pe.Err)
+		}
+		return guest.Plugin{}, fmt.Errorf("plugin %s: %w", path, err)
 	}
-	if st.IsDir() {
-		return guest.Plugin{}, fmt.Errorf("plugin %s is a directory; pass the plugin file", path)
-	}
-	abs, _ := filepath.Abs(path)
-	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-	switch strings.ToLower(filepath.Ext(path)) {
-	case ".py":
-		return guest.Plugin{Name: name, Kind: guest.KindPython, Path: abs}, nil
-	}
-	return guest.Plugin{}, fmt.Errorf("plugin %s: cannot tell its guest kind; Python plugins end in .py", path)
+	return m.Plugin(), nil
 }
 
 func pythonInterpreter(flagValue string) string {
