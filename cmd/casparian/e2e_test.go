@@ -66,6 +66,9 @@ func TestMain(m *testing.M) {
 	if builtBin != "" && os.Getenv("CASPARIAN_BIN") == "" {
 		os.RemoveAll(filepath.Dir(builtBin))
 	}
+	if examplesDir != "" {
+		os.RemoveAll(examplesDir)
+	}
 	os.Exit(code)
 }
 
