@@ -13,8 +13,9 @@ import (
 )
 
 // dispatch fills every free slot of every capable worker. Workers are
-// visited in rotating order so none is favoured; a worker gets one job per
-// round, so jobs spread over workers instead of filling the first one.
+// visited in rotating order so none is favoured; each visit claims half of
+// the worker's free slots (rounded up) in one transaction, so jobs spread
+// over workers and claims are still batched.
 func (s *Sentinel) dispatch(ctx context.Context) {
 	if ctx.Err() != nil || len(s.order) == 0 {
 		return
@@ -29,7 +30,7 @@ func (s *Sentinel) dispatch(ctx context.Context) {
 			if w == nil || exhausted[key] || w.free() == 0 {
 				continue
 			}
-			ok, err := s.dispatchOne(ctx, w)
+			ok, err := s.dispatchSome(ctx, w)
 			if err != nil {
 				return // database trouble: try again at the next tick
 			}
@@ -42,11 +43,13 @@ func (s *Sentinel) dispatch(ctx context.Context) {
 	}
 }
 
-// dispatchOne claims one job for w and sends it. It reports false when no
-// job w can run is due.
-func (s *Sentinel) dispatchOne(ctx context.Context, w *worker) (bool, error) {
+// dispatchSome claims jobs for w's free slots and sends them. It
+// reports false when no job w can run is due.
+func (s *Sentinel) dispatchSome(ctx context.Context, w *worker) (bool, error) {
 	start := time.Now()
-	c, err := s.st.Claim(ctx, w.id, w.caps, s.cfg.Lease)
+	// Half the free slots (rounded up) per visit: batches claims, yet a
+	// short queue still spreads over the workers.
+	cs, err := s.st.ClaimN(ctx, w.id, w.caps, s.cfg.Lease, (w.free()+1)/2)
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err // shutting down
@@ -55,9 +58,23 @@ func (s *Sentinel) dispatchOne(ctx context.Context, w *worker) (bool, error) {
 		s.log.Error("claiming a job failed", "worker", w.id, "error", err)
 		return false, err
 	}
-	if c == nil {
+	if len(cs) == 0 {
 		return false, nil
 	}
+	var first error
+	for _, c := range cs {
+		// Every claimed job is handled, even after an error: each is
+		// RUNNING under a lease and must be sent or concluded.
+		if _, err := s.dispatchClaimed(ctx, w, c, start); err != nil && first == nil {
+			first = err
+		}
+	}
+	return true, first
+}
+
+// dispatchClaimed builds and sends the DISPATCH of a claimed job, or
+// concludes the job when it cannot be dispatched.
+func (s *Sentinel) dispatchClaimed(ctx context.Context, w *worker, c *store.Claimed, start time.Time) (bool, error) {
 	cmd, err := s.buildDispatch(ctx, c)
 	if err != nil {
 		if ctx.Err() != nil {

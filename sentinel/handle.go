@@ -192,8 +192,6 @@ func (s *Sentinel) abortStale(ctx context.Context, w *worker, id int64, why stri
 
 // conclude records a CONCLUDE (or an ERR about a job), fenced by attempt.
 func (s *Sentinel) conclude(ctx context.Context, r *routerSock, identity []byte, w *worker, id int64, rc *protocol.JobReceipt) {
-	start := time.Now()
-	defer func() { s.metrics.ConcludeTimeMicros.Add(float64(time.Since(start).Microseconds())) }()
 	if id <= 0 {
 		s.metrics.ProtocolErrors.Inc()
 		s.log.Warn("CONCLUDE without a job id", "worker", workerName(w, identity))
@@ -219,27 +217,70 @@ func (s *Sentinel) conclude(ctx context.Context, r *routerSock, identity []byte,
 	if rc.Status == protocol.StatusAborted && rc.Requeue {
 		out.Requeue = true
 	}
-	tr, err := s.st.Conclude(ctx, id, attempt, out)
+	// Recorded with the other CONCLUDEs received in the same pass, in one
+	// transaction (flushConcludes), before any ACK is sent.
+	s.pending = append(s.pending, pendingConclude{r: r, identity: identity, w: w, id: id, attempt: attempt,
+		rj: rj, rc: rc, out: out})
+}
+
+// pendingConclude is a CONCLUDE waiting for flushConcludes.
+type pendingConclude struct {
+	r        *routerSock
+	identity []byte
+	w        *worker
+	id       int64
+	attempt  int64
+	rj       *running
+	rc       *protocol.JobReceipt
+	out      store.Outcome
+}
+
+// flushConcludes records the pending CONCLUDEs in one transaction (one
+// fsync however many arrived together), then frees slots, ACKs and logs.
+func (s *Sentinel) flushConcludes(ctx context.Context) {
+	if len(s.pending) == 0 {
+		return
+	}
+	batch := s.pending
+	s.pending = nil
+	start := time.Now()
+	cs := make([]store.Conclusion, len(batch))
+	for i, p := range batch {
+		cs[i] = store.Conclusion{ID: p.id, Attempt: p.attempt, Outcome: p.out}
+	}
+	trs, errs := s.st.ConcludeMany(ctx, cs)
+	s.metrics.ConcludeTimeMicros.Add(float64(time.Since(start).Microseconds()))
+	for i, p := range batch {
+		s.concluded(ctx, p, trs[i], errs[i])
+	}
+}
+
+// concluded finishes one CONCLUDE once its database write is done.
+func (s *Sentinel) concluded(ctx context.Context, p pendingConclude, tr store.Transition, err error) {
+	w, rj, id, attempt, rc := p.w, p.rj, p.id, p.attempt, p.rc
 	// Forget the job only if this CONCLUDE was about the attempt w holds: a
 	// late CONCLUDE of an earlier attempt must not free the slot of the
 	// attempt the worker runs now.
-	if w != nil && rj != nil && rj.attempt == attempt {
+	if w != nil && rj != nil && rj.attempt == attempt && w.jobs[id] == rj {
 		delete(w.jobs, id)
 	}
-	if w != nil && w.exts[protocol.ExtConcludeAck] {
-		ack, _ := protocol.NewMessage(protocol.OpAck, uint64(id), protocol.DeployResponse{Success: err == nil || errors.Is(err, store.ErrStaleAttempt),
-			Message: ackMessage(err)})
+	stale := errors.Is(err, store.ErrStaleAttempt) || errors.Is(err, store.ErrJobNotFound)
+	// ACK only what is settled: after a database error the worker keeps the
+	// CONCLUDE and sends it again.
+	if w != nil && w.exts[protocol.ExtConcludeAck] && (err == nil || stale) {
+		ack, _ := protocol.NewMessage(protocol.OpAck, uint64(id), protocol.DeployResponse{
+			Success: err == nil || errors.Is(err, store.ErrStaleAttempt), Message: ackMessage(err)})
 		s.send(ctx, w, ack)
 	}
 	switch {
-	case errors.Is(err, store.ErrStaleAttempt), errors.Is(err, store.ErrJobNotFound):
+	case stale:
 		s.metrics.StaleConclusions.Inc()
 		s.log.Warn(fmt.Sprintf("[Job %d] rejected a late CONCLUDE %s from worker %s for attempt %d: the job was re-dispatched or already concluded; its output is ignored",
-			id, rc.Status, workerName(w, identity), attempt))
+			id, rc.Status, workerName(w, p.identity), attempt))
 		return
 	case err != nil:
 		s.metrics.DBErrors.Inc()
-		s.log.Error(fmt.Sprintf("[Job %d] could not record CONCLUDE %s; the lease will expire and the job be retried", id, rc.Status),
+		s.log.Error(fmt.Sprintf("[Job %d] could not record CONCLUDE %s; the worker will send it again, or the lease expires and the job is retried", id, rc.Status),
 			"error", err)
 		return
 	}
@@ -253,7 +294,7 @@ func (s *Sentinel) conclude(ctx context.Context, r *routerSock, identity []byte,
 	if rj != nil {
 		s.metrics.JobDuration.Observe(time.Since(rj.dispatched).Seconds())
 	}
-	attrs := []any{"job_id", id, "worker", workerName(w, identity), "attempt", attempt, "status", tr.To}
+	attrs := []any{"job_id", id, "worker", workerName(w, p.identity), "attempt", attempt, "status", tr.To}
 	switch tr.To {
 	case store.StatusCompleted:
 		s.log.Info("job completed", append(attrs, "rows", rc.Metrics["rows"])...)

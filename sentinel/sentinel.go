@@ -128,6 +128,7 @@ type Sentinel struct {
 	byID    map[string]*worker // by worker_id
 	order   []string           // routing identities, rotated for fairness
 	plugins map[string]cachedPlugin
+	pending []pendingConclude // CONCLUDEs received, not yet recorded
 }
 
 // New validates cfg and returns a Sentinel. It registers the metrics.
@@ -240,21 +241,25 @@ func (s *Sentinel) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			s.flushConcludes(context.WithoutCancel(ctx))
 			s.shutdown()
 			cancelSock()
 			recvWG.Wait()
 			return nil
 		case msg := <-inbox:
 			s.handle(ctx, msg)
-			// Drain what else is waiting before the dispatch pass.
-			for more := true; more; {
+			// Drain what else is waiting (bounded), record the CONCLUDEs
+			// among it in one transaction, then dispatch into freed slots.
+			for n := 1; n < maxBatch; n++ {
 				select {
 				case msg := <-inbox:
 					s.handle(ctx, msg)
+					continue
 				default:
-					more = false
 				}
+				break
 			}
+			s.flushConcludes(ctx)
 			s.dispatch(ctx)
 		case <-s.wake:
 			s.dispatch(ctx)
@@ -271,6 +276,9 @@ func (s *Sentinel) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// maxBatch bounds the messages handled between two dispatch passes.
+const maxBatch = 512
 
 // do runs fn on the loop goroutine and waits for it; it returns false if the
 // sentinel is not running (not yet serving, or stopped) or ctx ends first.

@@ -155,6 +155,8 @@ func (s *Sentinel) dropRoute(w *worker) {
 
 // evict removes w and requeues (or fails, past the retry limit) its jobs.
 func (s *Sentinel) evict(ctx context.Context, w *worker, reason, status string) {
+	// CONCLUDEs already received from it count before its jobs are released.
+	s.flushConcludes(ctx)
 	s.dropRoute(w)
 	trs, err := s.st.ReleaseWorker(ctx, w.id)
 	if err != nil {
