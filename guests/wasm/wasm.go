@@ -42,6 +42,27 @@
 // a job error, never a host crash. What the module may call is
 // docs/WASM_ABI.md: WASI preview 1 and the four casparian functions.
 //
+// # Limits and known pitfalls
+//
+//   - No instruction budget: wazero has no fuel (wazero#422). A module burns
+//     CPU until the job's deadline or [Config.IdleTimeout] stops it.
+//   - WithCloseOnContextDone makes compiled code check for closing at every
+//     call and loop iteration, which costs CPU-bound modules some speed
+//     (wazero#2466, PR #2533); it is what makes deadlines work at all.
+//   - A reactor's exports must not run before _initialize
+//     (golang/go#71240: a Go module fails obscurely); commands are refused at
+//     Load and _initialize is always called first.
+//   - The compilation cache must outlive the runtime that uses it
+//     (extism/go-sdk#97); Close closes them in that order. Its entries are
+//     keyed by the module's bytes, the CloseOnContextDone setting (wazero PR
+//     #1381), the wazero version and the CPU's features, so a directory can
+//     be shared by processes and versions. In test binaries wazero cannot
+//     read its own version and files entries under "dev".
+//   - Running out of memory is recognized from the module saying so on
+//     stderr (Go: "fatal error: out of memory") or from its memory being
+//     within 4 MiB of the limit when it died; a module that traps for lack
+//     of memory far below the limit without a word is reported as CRASHED.
+//
 // # Errors
 //
 // Every failure is a *guest.Error: ErrPlugin for a module that is not a
@@ -82,7 +103,7 @@ const (
 	DefaultMemoryLimitPages = 16384     // 1 GiB of linear memory
 	DefaultMaxBatchBytes    = 64 << 20  // one emitted Arrow IPC stream
 	DefaultMaxModuleBytes   = 256 << 20 // one .wasm artifact
-	DefaultMaxModules       = 16
+	DefaultMaxModules       = 8
 	DefaultStderrTail       = 20
 	DefaultLoadTimeout      = 30 * time.Second
 	DefaultIdleTimeout      = 60 * time.Second
@@ -97,8 +118,10 @@ const (
 type Config struct {
 	// CacheDir is the directory of the on-disk compilation cache (wazero's
 	// file cache, keyed by the module's SHA-256, the wazero version and the
-	// CPU). Default: os.UserCacheDir()/casparian/wasm. When no user cache
-	// directory exists, compiled code is kept in memory only.
+	// CPU; about 4 bytes of machine code per byte of a Go module). Nothing
+	// is ever removed from it: prune it when plugins are retired. Default:
+	// os.UserCacheDir()/casparian/wasm. When no user cache directory
+	// exists, compiled code is kept in memory only.
 	CacheDir string
 	// NoDiskCache keeps compiled code in memory only.
 	NoDiskCache bool
@@ -112,7 +135,8 @@ type Config struct {
 	// MaxModuleBytes caps the size of a .wasm artifact. Default 256 MiB.
 	MaxModuleBytes int64
 	// MaxModules is how many compiled modules stay in memory when no
-	// Instance uses them (least recently loaded first out). Default 16.
+	// Instance uses them (least recently loaded first out). A compiled 15 MB
+	// Go module takes about 60 MB of machine code. Default 8.
 	MaxModules int
 	// RealClock gives modules the host's wall clock, monotonic clock and
 	// sleep. Default false: deterministic fake clocks (see the package doc).

@@ -22,6 +22,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/guests/wasm"
+	"github.com/casparianflow/casparian/host"
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/internal/testenv"
 )
@@ -766,3 +767,59 @@ func sha256File(path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// TestThroughHost runs the test plugin as a job of the real host: batches
+// go to Parquet sinks, the plugin's logs to the host's logger.
+func TestThroughHost(t *testing.T) {
+	e := newEnv(t, nil)
+	out := t.TempDir()
+	var logs strings.Builder
+	var mu sync.Mutex
+	h, err := host.New(host.Config{
+		Runtimes:   map[guest.Kind]guest.Runtime{guest.KindWASM: e.rt},
+		OutputDir:  out,
+		JobTimeout: time.Minute,
+		Logger: slog.New(slog.NewTextHandler(writerFunc(func(b []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logs.Write(b)
+		}), nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := h.Run(context.Background(), host.Job{ID: 9, FileVersionID: 3, InputPath: e.in,
+		Plugin: guest.Plugin{Name: "testplugin", Kind: guest.KindWASM, Path: testPlugin(t)},
+		Config: map[string]any{"batches": 2, "rows": 7}})
+	if rc.Err != nil {
+		t.Fatal(rc.Err)
+	}
+	if rc.Rows["rows"] != 14 || rc.Rows["summary"] != 1 || len(rc.Artifacts) != 2 {
+		t.Fatalf("receipt %+v", rc)
+	}
+	for _, a := range rc.Artifacts {
+		p, _ := strings.CutPrefix(a.URI, "parquet://")
+		if st, err := os.Stat(p); err != nil || st.Size() == 0 {
+			t.Errorf("artifact %s: %v", a.URI, err)
+		}
+	}
+	mu.Lock()
+	text := logs.String()
+	mu.Unlock()
+	for _, want := range []string{"stream=sdk", "read input lines=4", "stream=stdout", "hello on stdout", "job_id=9", "guest=wasm"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("host log lacks %q:\n%s", want, text)
+		}
+	}
+
+	rc = h.Run(context.Background(), host.Job{ID: 10, InputPath: e.in,
+		Plugin: guest.Plugin{Name: "testplugin", Kind: guest.KindWASM, Path: testPlugin(t)},
+		Config: map[string]any{"mode": "error"}})
+	if rc.Status != host.StatusFailed || !strings.HasPrefix(rc.Err.Error(), "[Job 10] PLUGIN_ERROR: bad row 17") {
+		t.Errorf("failed job: %s, %v", rc.Status, rc.Err)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
