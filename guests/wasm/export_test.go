@@ -16,3 +16,10 @@ func Reads(r *Runtime) int {
 	defer r.mu.Unlock()
 	return r.reads
 }
+
+// Modules returns how many compiled modules r keeps.
+func Modules(r *Runtime) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.modules)
+}

@@ -387,8 +387,33 @@ func TestBigBatchIsSplit(t *testing.T) {
 }
 
 func TestConcurrentRuns(t *testing.T) {
-	e := newEnv(t, nil)
-	inst := e.load(context.Background())
+	// A runtime of its own, so that the concurrent Loads below are the
+	// first: one of them compiles (from the disk cache), the others wait.
+	e := newEnv(t, func(c *wasm.Config) {})
+	insts := make([]guest.Instance, 4)
+	var lwg sync.WaitGroup
+	for i := range insts {
+		lwg.Add(1)
+		go func(i int) {
+			defer lwg.Done()
+			var err error
+			insts[i], err = e.rt.Load(context.Background(), guest.Plugin{Name: "testplugin", Path: testPlugin(t)})
+			if err != nil {
+				t.Errorf("concurrent Load %d: %v", i, err)
+			}
+		}(i)
+	}
+	lwg.Wait()
+	for _, in := range insts[1:] {
+		if in != nil {
+			in.Close(context.Background())
+		}
+	}
+	inst := insts[0]
+	if inst == nil {
+		t.FailNow()
+	}
+	defer inst.Close(context.Background())
 	const n = 6
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -736,6 +761,54 @@ func TestLoadTimeout(t *testing.T) {
 		t.Errorf("message %q", ge.Message)
 	}
 	waitGoroutines(t, before)
+}
+
+// TestEviction: at most MaxModules compiled modules stay in memory when no
+// Instance uses them; one in use is never evicted.
+func TestEviction(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) { c.MaxModules = 1 })
+	mod := func(status int64) []byte { return abiModule(1, i32c(status), "") }
+	load := func(bin []byte) guest.Instance {
+		t.Helper()
+		inst, err := e.rt.Load(context.Background(), guest.Plugin{Name: "handmade", Source: bin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inst
+	}
+	run := func(inst guest.Instance) error {
+		return inst.Run(context.Background(), guest.Input{Path: e.in}, &testenv.Recorder{})
+	}
+	kept := func(want int) {
+		t.Helper()
+		if n := wasm.Modules(e.rt); n != want {
+			t.Errorf("%d compiled modules kept, want %d", n, want)
+		}
+	}
+	a := load(mod(0))
+	b := load(mod(5)) // a is in use: both stay
+	kept(2)
+	if err := run(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(b); !errors.Is(err, guest.ErrPlugin) {
+		t.Fatalf("b: %v", err)
+	}
+	a.Close(context.Background())
+	b.Close(context.Background())
+	kept(1)
+	c := load(mod(6)) // evicts the other
+	kept(1)
+	if err := run(c); !errors.Is(err, guest.ErrPlugin) {
+		t.Fatalf("c: %v", err)
+	}
+	c.Close(context.Background())
+	a = load(mod(0)) // compiled again
+	kept(1)
+	defer a.Close(context.Background())
+	if err := run(a); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestClosedRuntime(t *testing.T) {
