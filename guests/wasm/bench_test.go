@@ -102,3 +102,34 @@ func BenchmarkLoadFromDiskCache(b *testing.B) {
 		rt.Close(context.Background())
 	}
 }
+
+// BenchmarkEmit100kRows is one run emitting 10 batches of 10,000 rows
+// (int64 + a ~27-byte string): Arrow encoding in the module, the copy out
+// of linear memory, decoding and validation in the host.
+func BenchmarkEmit100kRows(b *testing.B) {
+	path := testPlugin(b)
+	rt, err := wasm.New(wasm.Config{CacheDir: sharedCache()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Close(context.Background())
+	inst, err := rt.Load(context.Background(), guest.Plugin{Name: "testplugin", Path: path})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer inst.Close(context.Background())
+	in := writeInput(b)
+	cfg := map[string]any{"batches": 10, "rows": 10000}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rec := &testenv.Recorder{}
+		if err := inst.Run(context.Background(), guest.Input{Path: in, Config: cfg}, rec); err != nil {
+			b.Fatal(err)
+		}
+		if rec.Rows("rows") != 100000 {
+			b.Fatal(rec.Rows("rows"))
+		}
+		rec.Release()
+	}
+	b.ReportMetric(float64(b.N)*100000/b.Elapsed().Seconds(), "rows/s")
+}
