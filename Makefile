@@ -59,6 +59,7 @@ bench: build venv
 	$(PY) bench/sink_bench.py
 	$(PY) bench/bridge_bench.py
 	$(GO) run ./bench/dispatchbench
+	$(GO) run ./bench/guestbench -python $(PY)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./bridge
