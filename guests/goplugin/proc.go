@@ -176,7 +176,9 @@ func (p *proc) startError(ctx, sctx context.Context, err error) *guest.Error {
 				Hint: "rebuild the plugin against this version of the Casparian SDK (sdk/serve)"}
 		}
 	}
-	if errors.Is(sctx.Err(), context.DeadlineExceeded) {
+	// gRPC sends the deadline to the plugin, whose server may cancel the
+	// call a moment before the local context's timer fires.
+	if errors.Is(sctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
 		msg := fmt.Sprintf("plugin %q did not complete the go-plugin handshake within %s", p.name, cfg.StartTimeout)
 		hint := "the plugin may be stuck in init() or main() before serve.Main, or write to stdout before it; raise StartTimeout if it legitimately starts slowly"
 		if complete {
