@@ -20,16 +20,21 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/casparianflow/casparian/guests/goplugin"
+	"github.com/casparianflow/casparian/guests/wasm"
 	"github.com/casparianflow/casparian/host"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/host/manifest"
 	"github.com/casparianflow/casparian/sentinel"
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/sentinel/store"
@@ -60,9 +65,10 @@ func main() {
 		workers  = flag.Int("workers", 2, "workers for the throughput measurement")
 		slots    = flag.Int("slots", 4, "slots per worker")
 		roundTrp = flag.Int("rt", 2000, "bare zmq4 round trips for the reference")
+		kinds    = flag.String("throughput-guests", "noop,goplugin,wasm", "guests for the throughput runs: noop (in-process), goplugin, wasm")
 	)
 	flag.Parse()
-	if err := run(*samples, *jobs, *workers, *slots, *roundTrp); err != nil {
+	if err := run(*samples, *jobs, *workers, *slots, *roundTrp, strings.Split(*kinds, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "dispatchbench:", err)
 		os.Exit(1)
 	}
@@ -75,9 +81,17 @@ type cluster struct {
 	fv      int64
 	cancel  func()
 	wg      sync.WaitGroup
+	closers []func()
 }
 
-func startCluster(dir string, nWorkers, slots int) (*cluster, error) {
+// benchGuest is the guest the workers run.
+type benchGuest struct {
+	kind   guest.Kind
+	plugin guest.Plugin
+	rt     func() (guest.Runtime, error)
+}
+
+func startCluster(dir string, nWorkers, slots int, g *benchGuest) (*cluster, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := store.Open(ctx, filepath.Join(dir, "queue.db"), store.Options{})
 	if err != nil {
@@ -104,16 +118,26 @@ func startCluster(dir string, nWorkers, slots int) (*cluster, error) {
 	go func() { defer c.wg.Done(); _ = c.s.Run(ctx) }()
 	<-c.s.Ready()
 	ep := c.s.Endpoints()[0]
-	rt := &noop{started: c.started}
+	var rt guest.Runtime = &noop{started: c.started}
+	kind, plugin := noopKind, guest.Plugin{Kind: noopKind, Hash: "0"}
+	if g != nil {
+		if rt, err = g.rt(); err != nil {
+			return nil, err
+		}
+		c.closers = append(c.closers, func() { rt.Close(context.Background()) })
+		kind, plugin = g.kind, g.plugin
+	}
 	for i := range nWorkers {
-		h, err := host.New(host.Config{Runtimes: map[guest.Kind]guest.Runtime{noopKind: rt}, OutputDir: dir,
+		h, err := host.New(host.Config{Runtimes: map[guest.Kind]guest.Runtime{kind: rt}, OutputDir: dir,
 			Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			return nil, err
 		}
 		w, err := worker.New(worker.Config{Connect: ep, WorkerID: fmt.Sprintf("bench-%d", i), Slots: slots, Host: h,
 			Plugin: func(d *protocol.DispatchCommand) (guest.Plugin, error) {
-				return guest.Plugin{Name: d.PluginName, Kind: noopKind, Hash: "0"}, nil
+				p := plugin
+				p.Name = d.PluginName
+				return p, nil
 			}})
 		if err != nil {
 			return nil, err
@@ -134,6 +158,9 @@ func startCluster(dir string, nWorkers, slots int) (*cluster, error) {
 func (c *cluster) stop() {
 	c.cancel()
 	c.wg.Wait()
+	for _, f := range c.closers {
+		f()
+	}
 	c.st.Close()
 }
 
@@ -154,7 +181,7 @@ func (c *cluster) waitCompleted(n int64, d time.Duration) error {
 	}
 }
 
-func run(samples, jobs, nWorkers, slots, rt int) error {
+func run(samples, jobs, nWorkers, slots, rt int, kinds []string) error {
 	ctx := context.Background()
 	fmt.Printf("Control plane benchmark: sentinel + worker in one process, real SQLite (WAL; claims without fsync, enqueue/conclude fsynced), ZeroMQ over tcp loopback, no-op guest.\n\n")
 
@@ -164,7 +191,7 @@ func run(samples, jobs, nWorkers, slots, rt int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	c, err := startCluster(dir, 1, slots)
+	c, err := startCluster(dir, 1, slots, nil)
 	if err != nil {
 		return err
 	}
@@ -216,39 +243,101 @@ func run(samples, jobs, nWorkers, slots, rt int) error {
 	fmt.Printf("  of which the sentinel's claim + resolve + queueing (casparian_dispatch_latency_seconds), mean: %s\n", us(sentinelMean))
 	fmt.Printf("  ratio casparian p50 / bare zmq4 round trip p50: %.1fx\n\n", float64(p(0.5))/float64(rp(0.5)))
 
-	// 3. Throughput.
-	dir2, err := os.MkdirTemp("", "dispatchbench-")
+	// 3. Throughput, per guest kind.
+	guests, cleanup, err := benchGuests(kinds)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir2)
-	c2, err := startCluster(dir2, nWorkers, slots)
-	if err != nil {
-		return err
-	}
-	defer c2.stop()
-	go func() {
-		for range c2.started {
-		}
-	}()
-	t0 := time.Now()
-	for range jobs {
-		if _, err := c2.st.Enqueue(ctx, c2.fv, "noop", 0, ""); err != nil {
+	defer cleanup()
+	fmt.Printf("Throughput: %d no-op jobs, %d workers x %d slots, enqueued up front, to the last COMPLETED:\n", jobs, nWorkers, slots)
+	for _, g := range guests {
+		dir2, err := os.MkdirTemp("", "dispatchbench-")
+		if err != nil {
 			return err
 		}
+		defer os.RemoveAll(dir2)
+		c2, err := startCluster(dir2, nWorkers, slots, g)
+		if err != nil {
+			return err
+		}
+		go func() {
+			for range c2.started {
+			}
+		}()
+		t0 := time.Now()
+		for range jobs {
+			if _, err := c2.st.Enqueue(ctx, c2.fv, "noop", 0, ""); err != nil {
+				return err
+			}
+		}
+		enq := time.Since(t0)
+		c2.s.Wake()
+		if err := c2.waitCompleted(int64(jobs), 5*time.Minute); err != nil {
+			return err
+		}
+		total := time.Since(t0)
+		c2.stop()
+		name := "no-op guest in process"
+		if g != nil {
+			name = string(g.kind) + " no-op plugin"
+		}
+		fmt.Printf("  %-26s enqueue %6s, end to end %7s -> %5.0f jobs/s\n", name, enq.Round(time.Millisecond),
+			total.Round(time.Millisecond), float64(jobs)/total.Seconds())
 	}
-	enq := time.Since(t0)
-	c2.s.Wake()
-	if err := c2.waitCompleted(int64(jobs), 5*time.Minute); err != nil {
-		return err
-	}
-	total := time.Since(t0)
-	fmt.Printf("Throughput: %d no-op jobs, %d workers x %d slots:\n", jobs, nWorkers, slots)
-	fmt.Printf("  enqueue %d jobs: %s (%.0f jobs/s)\n", jobs, enq.Round(time.Millisecond), float64(jobs)/enq.Seconds())
-	fmt.Printf("  enqueue + dispatch + run + conclude: %s -> %.0f jobs/s end to end\n", total.Round(time.Millisecond),
-		float64(jobs)/total.Seconds())
-	fmt.Printf("  (each job is at least 3 SQLite write transactions: enqueue, claim, conclude)\n")
+	fmt.Printf("  goal with the go-plugin and WASM guests: >= 1000 jobs/s\n")
+	fmt.Printf("  (each job is at least 3 SQLite write transactions: enqueue, claim, conclude; conclusions and claims are batched)\n")
 	return nil
+}
+
+// benchGuests builds bench/guestbench/plugin as needed and returns the
+// guests to measure (nil = the in-process no-op guest).
+func benchGuests(kinds []string) ([]*benchGuest, func(), error) {
+	dir, err := os.MkdirTemp("", "dispatchbench-plugin-")
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	var out []*benchGuest
+	for _, k := range kinds {
+		switch strings.TrimSpace(k) {
+		case "noop":
+			out = append(out, nil)
+		case "goplugin":
+			exe := filepath.Join(dir, "plugin")
+			if err := gobuild(nil, "-o", exe, "./bench/guestbench/plugin"); err != nil {
+				return nil, cleanup, err
+			}
+			sum, err := manifest.HashFile(exe)
+			if err != nil {
+				return nil, cleanup, err
+			}
+			out = append(out, &benchGuest{kind: guest.KindGoPlugin,
+				plugin: guest.Plugin{Kind: guest.KindGoPlugin, Path: exe, Hash: sum},
+				rt:     func() (guest.Runtime, error) { return goplugin.New(goplugin.Config{}) }})
+		case "wasm":
+			mod := filepath.Join(dir, "plugin.wasm")
+			if err := gobuild([]string{"GOOS=wasip1", "GOARCH=wasm"}, "-buildmode=c-shared", "-o", mod, "./bench/guestbench/plugin"); err != nil {
+				return nil, cleanup, err
+			}
+			sum, err := manifest.HashFile(mod)
+			if err != nil {
+				return nil, cleanup, err
+			}
+			out = append(out, &benchGuest{kind: guest.KindWASM,
+				plugin: guest.Plugin{Kind: guest.KindWASM, Path: mod, Hash: sum},
+				rt:     func() (guest.Runtime, error) { return wasm.New(wasm.Config{}) }})
+		default:
+			return nil, cleanup, fmt.Errorf("unknown guest %q: want noop, goplugin or wasm", k)
+		}
+	}
+	return out, cleanup, nil
+}
+
+func gobuild(env []string, args ...string) error {
+	cmd := exec.Command("go", append([]string{"build", "-trimpath"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	return cmd.Run()
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%dµs", d.Microseconds()) }

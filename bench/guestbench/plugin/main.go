@@ -1,6 +1,6 @@
 // Command plugin is guestbench's Go plugin, built both as a go-plugin
-// executable and as a WASM module. Config "mode": "noop" (emit nothing),
-// "rows" (emit "rows" rows of {id int64, name string} in batches of
+// executable and as a WASM module. Config "mode": "noop" (emit nothing,
+// the default), "rows" (emit "rows" rows of {id int64, name string} in batches of
 // "batch" rows), "tiny" ("batches" batches of one row each).
 package main
 
@@ -36,7 +36,7 @@ func num(cfg map[string]any, key string, def int) int {
 
 func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 	switch mode, _ := in.Config["mode"].(string); mode {
-	case "noop":
+	case "noop", "": // no config (e.g. dispatched by the sentinel): no-op
 		return nil
 	case "rows":
 		return emit(out, num(in.Config, "rows", 1_000_000), num(in.Config, "batch", 65536))
