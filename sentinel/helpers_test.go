@@ -501,21 +501,6 @@ func (f *fakeWorker) send(op protocol.OpCode, jobID uint64, payload any) {
 	f.sendRaw(frames...)
 }
 
-// next returns the next message (not a probe), or false after d.
-func (f *fakeWorker) next(d time.Duration) (protocol.Message, bool) {
-	if len(f.pending) > 0 {
-		m := f.pending[0]
-		f.pending = f.pending[1:]
-		return m, true
-	}
-	select {
-	case m := <-f.in:
-		return m, true
-	case <-time.After(d):
-		return protocol.Message{}, false
-	}
-}
-
 // tryExpect returns the first message with opcode op (and job id, unless
 // jobID < 0), keeping other messages pending.
 func (f *fakeWorker) tryExpect(op protocol.OpCode, jobID int64, d time.Duration) (protocol.Message, bool) {

@@ -136,9 +136,8 @@ func TestStalledPeerDoesNotDelayOthers(t *testing.T) {
 	}
 	e.plugin("small")
 	const bigJobs = 12
-	var bigIDs []int64
 	for range bigJobs {
-		bigIDs = append(bigIDs, e.job("big"))
+		e.job("big")
 	}
 	stalled := dialRaw(t, e.ep("tcp"), "stalled-peer")
 	stalled.send(t, protocol.OpIdentify, 0, protocol.IdentifyPayload{WorkerID: "stalled", Capabilities: []string{"big"}, Slots: bigJobs})

@@ -57,15 +57,6 @@ func (w *worker) free() int {
 	return max(0, w.slots-len(w.jobs))
 }
 
-func (w *worker) canRun(plugin string) bool {
-	for _, c := range w.caps {
-		if c == "*" || c == plugin {
-			return true
-		}
-	}
-	return false
-}
-
 func routeKey(r *routerSock, identity []byte) string {
 	return fmt.Sprintf("%d/%x", r.idx, identity)
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -826,19 +825,6 @@ func TestClosedRuntime(t *testing.T) {
 	rt.Close(context.Background())
 	_, err = rt.Load(context.Background(), guest.Plugin{Path: testPlugin(t)})
 	mustGuestError(t, err, guest.ErrPlugin)
-}
-
-func sha256File(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // TestThroughHost runs the test plugin as a job of the real host: batches

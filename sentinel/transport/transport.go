@@ -122,8 +122,6 @@ type registry struct {
 	stats  counters
 }
 
-func (r *registry) current() Limits { return *r.limits.Load() }
-
 var (
 	global       registry
 	registerMu   sync.Mutex
