@@ -269,7 +269,7 @@ func (s *Sentinel) concluded(ctx context.Context, p pendingConclude, tr store.Tr
 	// CONCLUDE and sends it again.
 	if w != nil && w.exts[protocol.ExtConcludeAck] && (err == nil || stale) {
 		ack, _ := protocol.NewMessage(protocol.OpAck, uint64(id), protocol.DeployResponse{
-			Success: err == nil || errors.Is(err, store.ErrStaleAttempt), Message: ackMessage(err)})
+			Success: err == nil || errors.Is(err, store.ErrStaleAttempt), Message: ackMessage(err), Attempt: attempt})
 		s.send(ctx, w, ack)
 	}
 	switch {

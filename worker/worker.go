@@ -164,12 +164,14 @@ type Worker struct {
 	done chan jobResult // finished jobs → loop
 
 	// Owned by the loop goroutine.
-	jobs     map[int64]*job
-	unacked  map[int64]protocol.Message // CONCLUDEs not yet ACKed
-	draining bool
-	sock     zmq4.Socket
-	lastRecv time.Time
-	sessions int // connections established so far
+	jobs    map[int64]*job
+	unacked map[int64]protocol.Message // CONCLUDEs not yet ACKed
+	// unackedAttempt is the attempt of each unacked CONCLUDE.
+	unackedAttempt map[int64]int64
+	draining       bool
+	sock           zmq4.Socket
+	lastRecv       time.Time
+	sessions       int // connections established so far
 }
 
 type job struct {
@@ -193,7 +195,8 @@ func New(cfg Config) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.WorkerID), metrics: newMetrics(),
-		done: make(chan jobResult, cfg.Slots), jobs: map[int64]*job{}, unacked: map[int64]protocol.Message{}}
+		done: make(chan jobResult, cfg.Slots), jobs: map[int64]*job{}, unacked: map[int64]protocol.Message{},
+		unackedAttempt: map[int64]int64{}}
 	w.metrics.Slots.Set(float64(cfg.Slots))
 	if cfg.Registerer != nil {
 		if err := w.metrics.register(cfg.Registerer); err != nil {
@@ -491,7 +494,16 @@ func (w *Worker) handle(ctx context.Context, raw zmq4.Msg) error {
 		}
 	case protocol.OpAck:
 		if m.JobID != 0 {
-			delete(w.unacked, int64(m.JobID))
+			// An ACK naming another attempt is about an earlier CONCLUDE of
+			// the same job: keep the one still pending.
+			var ack protocol.DeployResponse
+			_ = m.Unmarshal(&ack)
+			id := int64(m.JobID)
+			if ack.Attempt != 0 && ack.Attempt != w.unackedAttempt[id] {
+				return nil
+			}
+			delete(w.unacked, id)
+			delete(w.unackedAttempt, id)
 			w.metrics.PendingConclusions.Set(float64(len(w.unacked)))
 		}
 	case protocol.OpErr:
@@ -635,6 +647,7 @@ func (w *Worker) conclude(id int64, rc protocol.JobReceipt) error {
 	}
 	if len(w.unacked) < 4096 {
 		w.unacked[id] = m
+		w.unackedAttempt[id] = rc.Attempt
 		w.metrics.PendingConclusions.Set(float64(len(w.unacked)))
 	}
 	if w.sock == nil {

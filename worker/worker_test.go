@@ -519,7 +519,15 @@ func TestConcludeResentUntilAcked(t *testing.T) {
 		t.Errorf("resent receipt %+v differs from the first %+v", rc2, rc1)
 	}
 	r2 := s2.wait(protocol.OpHeartbeat, 0, nil)
-	s2.send(r2.id, protocol.OpAck, 21, protocol.DeployResponse{Success: true})
+	// An ACK naming another attempt (of an earlier CONCLUDE of the same
+	// job) does not settle this one.
+	s2.send(r2.id, protocol.OpAck, 21, protocol.DeployResponse{Success: true, Attempt: 1})
+	s2.send(r2.id, protocol.OpHeartbeat, 0, nil)
+	s2.heartbeat("probe answer after the foreign ACK", nil)
+	if v := value(m.PendingConclusions); v != 1 {
+		t.Fatalf("pending_conclusions = %v after an ACK for attempt 1, want 1 (attempt 2 is pending)", v)
+	}
+	s2.send(r2.id, protocol.OpAck, 21, protocol.DeployResponse{Success: true, Attempt: 2})
 	eventually(t, "pending_conclusions = 0", func() bool { return value(m.PendingConclusions) == 0 })
 
 	s2.close()

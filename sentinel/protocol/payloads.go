@@ -264,6 +264,9 @@ type DeployResponse struct {
 	Success  bool   `json:"success"`
 	Message  string `json:"message"`
 	PluginID *int64 `json:"plugin_id,omitempty"`
+	// Attempt (extension), in the ACK of a CONCLUDE (ExtConcludeAck): the
+	// attempt the acknowledged CONCLUDE carried; 0 = not sent.
+	Attempt int64 `json:"attempt,omitempty"`
 }
 
 // NewPayload returns a pointer to a zero value of the payload type op
