@@ -269,25 +269,25 @@ func TestDeadlineStopsInfiniteLoop(t *testing.T) {
 
 func TestIdleTimeout(t *testing.T) {
 	e := newEnv(t, func(c *wasm.Config) {
-		c.IdleTimeout = 300 * time.Millisecond
+		c.IdleTimeout = 1500 * time.Millisecond // above start-up time under -race on a loaded machine
 		c.RealClock = true
 	})
 	inst := e.load(context.Background())
-	// Output keeps it alive: 6 batches 100 ms apart make a run longer than
+	// Output keeps it alive: 20 batches 100 ms apart make a run longer than
 	// the idle timeout.
 	start := time.Now()
-	rec, err := e.run(context.Background(), inst, map[string]any{"mode": "slow", "batches": 6, "sleep_ms": 100})
+	rec, err := e.run(context.Background(), inst, map[string]any{"mode": "slow", "batches": 20, "sleep_ms": 100})
 	if err != nil {
 		t.Fatal(guest.JobError(42, err))
 	}
-	if took := time.Since(start); rec.Rows("rows") != 6 || took < 500*time.Millisecond {
-		t.Errorf("%d rows in %s; want 6 in at least 600 ms", rec.Rows("rows"), took)
+	if took := time.Since(start); rec.Rows("rows") != 20 || took < 1900*time.Millisecond {
+		t.Errorf("%d rows in %s; want 20 in at least 2 s", rec.Rows("rows"), took)
 	}
 	before := goroutines()
 	start = time.Now()
 	_, err = e.run(context.Background(), inst, map[string]any{"mode": "loop"})
 	ge := mustGuestError(t, err, guest.ErrTimeout)
-	if !strings.Contains(ge.Message, "emitted, logged and printed nothing for 300ms in casparian_process") {
+	if !strings.Contains(ge.Message, "emitted, logged and printed nothing for 1.5s in casparian_process") {
 		t.Errorf("message %q", ge.Message)
 	}
 	if took := time.Since(start); took > 10*time.Second {
