@@ -23,6 +23,10 @@ func (s *Sentinel) dispatch(ctx context.Context) {
 	// Rotate the start so the same worker is not always first.
 	s.order = append(s.order[1:], s.order[0])
 	exhausted := map[string]bool{} // workers whose capabilities match no due job
+	now := time.Now()
+	for _, w := range s.workers {
+		s.checkQuiet(w, now)
+	}
 	for progress := true; progress; {
 		progress = false
 		for _, key := range slices.Clone(s.order) {

@@ -27,6 +27,7 @@ func (s *Sentinel) handle(ctx context.Context, in inMsg) {
 	w := s.workers[routeKey(in.r, identity)]
 	if w != nil {
 		w.lastSeen = time.Now()
+		s.checkQuiet(w, w.lastSeen)
 	}
 	switch m.OpCode {
 	case protocol.OpIdentify:

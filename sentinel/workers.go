@@ -32,8 +32,11 @@ type worker struct {
 	draining bool
 	since    time.Time
 	lastSeen time.Time
-	jobs     map[int64]*running  // dispatched and not concluded
-	aborted  map[int64]time.Time // ABORTs sent for jobs it no longer owns
+	// quiet is set while the worker has been silent for longer than a
+	// lease: it gets no new job until it reports again.
+	quiet   bool
+	jobs    map[int64]*running  // dispatched and not concluded
+	aborted map[int64]time.Time // ABORTs sent for jobs it no longer owns
 
 	// What its cf_worker_node row shows, as of the last saveWorker.
 	savedAt       time.Time
@@ -51,7 +54,7 @@ type running struct {
 }
 
 func (w *worker) free() int {
-	if w.draining {
+	if w.draining || w.quiet {
 		return 0
 	}
 	return max(0, w.slots-len(w.jobs))
@@ -165,14 +168,39 @@ func (s *Sentinel) evict(ctx context.Context, w *worker, reason, status string) 
 	s.updateGauges()
 }
 
-// evictSilent evicts workers silent past HeartbeatTimeout.
+// evictSilent evicts workers silent past HeartbeatTimeout, and stops
+// dispatching to those silent for longer than a lease.
 func (s *Sentinel) evictSilent(ctx context.Context) {
-	cutoff := time.Now().Add(-s.cfg.HeartbeatTimeout)
+	now := time.Now()
+	cutoff := now.Add(-s.cfg.HeartbeatTimeout)
 	for _, key := range slices.Clone(s.order) {
-		if w := s.workers[key]; w != nil && w.lastSeen.Before(cutoff) {
-			s.metrics.WorkersCleanedUp.Inc()
-			s.evict(ctx, w, fmt.Sprintf("silent for %s", time.Since(w.lastSeen).Round(time.Second)), store.WorkerEvicted)
+		w := s.workers[key]
+		if w == nil {
+			continue
 		}
+		if w.lastSeen.Before(cutoff) {
+			s.metrics.WorkersCleanedUp.Inc()
+			s.evict(ctx, w, fmt.Sprintf("silent for %s", now.Sub(w.lastSeen).Round(time.Second)), store.WorkerEvicted)
+			continue
+		}
+		s.checkQuiet(w, now)
+	}
+}
+
+// checkQuiet marks w quiet once it has been silent for longer than a lease
+// (a live worker heartbeats and answers probes well within one), and not
+// quiet when it reports again. A quiet worker, stopped or partitioned, gets
+// no new job: it would only sit on it until the lease expires.
+func (s *Sentinel) checkQuiet(w *worker, now time.Time) {
+	silent := now.Sub(w.lastSeen)
+	switch quiet := silent > s.cfg.Lease; {
+	case quiet && !w.quiet:
+		w.quiet = true
+		s.log.Warn("worker is silent for longer than a lease: no new jobs go to it until it reports again",
+			"worker", w.id, "silent", silent.Round(time.Millisecond), "lease", s.cfg.Lease)
+	case !quiet && w.quiet:
+		w.quiet = false
+		s.log.Info("worker reports again: jobs go to it", "worker", w.id)
 	}
 }
 

@@ -197,8 +197,11 @@ func TestClusterStoppedWorkerFenced(t *testing.T) {
 	c := newCluster(t)
 	inputs := writeInputs(t, filepath.Join(c.dir, "in"), 1, func(i int) string { return "3 8" })
 	ids := c.enqueue("slow", filepath.Join(testenv.RepoRoot(), "cmd", "casparian", "testdata", "cluster", "slow_plugin.py"), inputs)
-	c.startSentinel("--lease", "2s")
-	a, _ := c.startWorker("worker-a", c.tcp, "--sentinel-timeout", "30s")
+	// A lease well above the 1 s heartbeats, so worker-b's run survives a
+	// loaded machine; once worker-a is silent for a lease the sentinel sends
+	// it no new job, so the re-run goes to worker-b.
+	c.startSentinel("--lease", "4s")
+	a, _ := c.startWorker("worker-a", c.tcp, "--sentinel-timeout", "60s")
 	waitFor(t, 60*time.Second, "worker-a to run the job", func() bool { return leasedTo(t, c, "worker-a") == 1 })
 	a.signal(syscall.SIGSTOP)
 	_, mB := c.startWorker("worker-b", c.ipc)
