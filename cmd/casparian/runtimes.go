@@ -24,6 +24,7 @@ type runtimeFlags struct {
 	connectTimeout, idleTimeout time.Duration
 	wasmCache                   string
 	wasmMemoryMiB               int
+	wasmMaxRuns                 int
 }
 
 func (f *runtimeFlags) register(fs interface {
@@ -36,6 +37,8 @@ func (f *runtimeFlags) register(fs interface {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", python.DefaultIdleTimeout, "longest silence from a Python guest")
 	fs.StringVar(&f.wasmCache, "wasm-cache", "", "directory of the WASM compilation cache (default: the user cache dir)")
 	fs.IntVar(&f.wasmMemoryMiB, "wasm-memory", int(wasm.DefaultMemoryLimitPages/16), "memory limit of a WASM plugin instance, MiB")
+	fs.IntVar(&f.wasmMaxRuns, "wasm-max-runs", wasm.DefaultMaxRunsPerInstance,
+		"jobs one WASM module instance serves before a fresh one replaces it (1: a fresh instance per job, reproducible clocks and randomness)")
 }
 
 // parseKinds reads a --guests value ("python,goplugin,wasm").
@@ -98,7 +101,12 @@ func (f *runtimeFlags) newRuntimes(ctx context.Context, kinds []guest.Kind, log 
 				closeAll()
 				return nil, nil, fmt.Errorf("--wasm-memory %d: want 1 to 4096 MiB", f.wasmMemoryMiB)
 			}
-			rt, err := wasm.New(wasm.Config{CacheDir: f.wasmCache, MemoryLimitPages: uint32(f.wasmMemoryMiB * 16), Logger: log})
+			if f.wasmMaxRuns < 1 {
+				closeAll()
+				return nil, nil, fmt.Errorf("--wasm-max-runs %d: want 1 or more", f.wasmMaxRuns)
+			}
+			rt, err := wasm.New(wasm.Config{CacheDir: f.wasmCache, MemoryLimitPages: uint32(f.wasmMemoryMiB * 16),
+				MaxRunsPerInstance: f.wasmMaxRuns, Logger: log})
 			if err != nil {
 				closeAll()
 				return nil, nil, fmt.Errorf("WASM guest: %w", err)

@@ -21,7 +21,8 @@ import (
 	abi "github.com/casparianflow/casparian/sdk/wasm"
 )
 
-// instance is a loaded module. Each Run instantiates it afresh.
+// instance is a loaded module. Each Run takes a module instance of its own:
+// a warm one left by an earlier successful run, or a new one.
 type instance struct {
 	rt     *Runtime
 	mod    *module
@@ -46,10 +47,12 @@ func (i *instance) Close(context.Context) error {
 	return nil
 }
 
-// Run instantiates the module with the input file mounted read-only, calls
-// _initialize and casparian_process, and streams the batches the module
-// emits to out. ctx's deadline or cancellation stops the module wherever it
-// is. Run returns when the module instance is closed.
+// Run takes a module instance (a warm one, or a new one that runs
+// _initialize), shows it the input file read-only, calls casparian_process
+// and streams the batches the module emits to out. ctx's deadline or
+// cancellation stops the module wherever it is. After a successful run the
+// instance is kept for a later run of the same module (Config.MaxRunsPerInstance);
+// after any failure it is closed before Run returns.
 func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) error {
 	if i.closed.Load() {
 		return guest.Errorf(guest.ErrPlugin, "plugin %s: the instance is closed", i.name)
@@ -57,7 +60,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	if ctx.Err() != nil {
 		return ctxError(ctx, "before the plugin started")
 	}
-	fsys, guestPath, err := newInputFS(in.Path)
+	abs, name, err := checkInput(in.Path)
 	if err != nil {
 		return &guest.Error{Kind: guest.ErrInput, ExitCode: -1, Err: err,
 			Message: fmt.Sprintf("input %s: %v", in.Path, err), Hint: "check that the file exists and is readable"}
@@ -84,15 +87,27 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 		out.Log(guest.LogRecord{Level: slog.LevelWarn, Message: l, Stream: "stderr"})
 	}}
 	start := time.Now()
-	mod, err := r.instantiate(ctx, i.mod, st, fsys, i.name)
-	if err != nil {
-		return err
+	w := r.take(i.mod)
+	reused := w != nil
+	if w == nil {
+		if w, err = r.newWarm(ctx, i.mod, st, i.name); err != nil {
+			st.flush()
+			return err
+		}
 	}
-	defer mod.Close(context.WithoutCancel(ctx))
-	defer st.flush() // runs before Close: the module's last partial lines
-	if err := st.start(ctx, mod, i.mod); err != nil {
-		return err
-	}
+	w.attach(st)
+	ok := false
+	defer func() {
+		st.flush() // the module's last partial lines, before the instance goes
+		w.runs++
+		if ok {
+			r.giveBack(i.mod, w)
+		} else {
+			w.detach()
+			_ = w.mod.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	guestPath := w.fs.set(abs, name)
 
 	cfg := in.Config
 	if cfg == nil {
@@ -104,6 +119,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 		return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Err: err,
 			Message: fmt.Sprintf("plugin %s: encode the job's config as JSON: %v", i.name, err)}
 	}
+	mod := w.mod
 	res, err := st.call(ctx, mod, abi.ExportAlloc, uint64(len(doc)))
 	if err != nil {
 		return err
@@ -126,14 +142,15 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	if _, err := st.call(ctx, mod, abi.ExportFree, uint64(ptr), uint64(len(doc))); err != nil {
 		return err
 	}
+	ok = ctx.Err() == nil
 	r.cfg.Logger.Debug("wasm run done", "plugin", i.name, "job_id", in.JobID, "batches", st.batches, "rows", st.rows,
-		"duration", time.Since(start).Round(time.Microsecond))
+		"warm", reused, "duration", time.Since(start).Round(time.Microsecond))
 	return nil
 }
 
-// instantiate makes a new anonymous instance of m, with fsys (if any)
-// mounted at /input.
-func (r *Runtime) instantiate(ctx context.Context, m *module, st *runState, fsys *inputFS, label string) (api.Module, error) {
+// instantiate makes a new anonymous instance of m, with w's file system (if
+// any) mounted at /input and w's stdout and stderr.
+func (r *Runtime) instantiate(ctx context.Context, m *module, st *runState, w *warm, label string) (api.Module, error) {
 	argv0 := label
 	if argv0 == "" {
 		argv0 = "plugin"
@@ -142,11 +159,9 @@ func (r *Runtime) instantiate(ctx context.Context, m *module, st *runState, fsys
 		WithName("").         // anonymous: any number of instances at once
 		WithStartFunctions(). // _initialize is called by start, to attribute its errors
 		WithArgs(argv0).
-		WithStdout(st.stdout).
-		WithStderr(st.stderr)
-	if fsys != nil {
-		cfg = cfg.WithFSConfig(fsys.config())
-	}
+		WithStdout(&w.stdout).
+		WithStderr(&w.stderr).
+		WithFSConfig(w.fs.config())
 	if r.cfg.RealClock {
 		cfg = cfg.WithSysWalltime().WithSysNanotime().WithSysNanosleep()
 	}
@@ -165,7 +180,6 @@ func (r *Runtime) instantiate(ctx context.Context, m *module, st *runState, fsys
 		return nil, &guest.Error{Kind: kind, ExitCode: -1, Err: err,
 			Message: fmt.Sprintf("plugin %s: instantiate the module: %v", label, err)}
 	}
-	st.mod = mod
 	return mod, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -29,30 +30,53 @@ import (
 // no write methods, opening it for writing fails with EROFS, and stat shows
 // neither the host's inode, owner nor permissions (the file reads as mode
 // 0444, the directories as 0555).
+//
+// A module instance kept warm between runs keeps its inputFS: each run sets
+// the file it shows (set) and takes it away afterwards (clear); between runs
+// /input is empty.
 type inputFS struct {
-	name string // the input's base name, as the module sees it
+	mu   sync.Mutex
+	name string // the input's base name, as the module sees it; "" between runs
 	path string // the input's absolute host path
 }
 
-// newInputFS checks the input file and returns its file system and the
-// path under which the module opens it.
-func newInputFS(hostPath string) (*inputFS, string, error) {
-	abs, err := filepath.Abs(hostPath)
+// checkInput checks the input file and returns its absolute path and the
+// name under which the module sees it.
+func checkInput(hostPath string) (abs, name string, err error) {
+	abs, err = filepath.Abs(hostPath)
 	if err != nil {
-		return nil, "", err
+		return "", "", err
 	}
 	st, err := os.Stat(abs)
 	if err != nil {
-		return nil, "", err
+		return "", "", err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, "", fmt.Errorf("input %s is not a regular file", abs)
+		return "", "", fmt.Errorf("input %s is not a regular file", abs)
 	}
-	name := filepath.Base(abs)
+	name = filepath.Base(abs)
 	if !fs.ValidPath(name) {
-		return nil, "", fmt.Errorf("input %s: its name cannot be shown inside the sandbox", abs)
+		return "", "", fmt.Errorf("input %s: its name cannot be shown inside the sandbox", abs)
 	}
-	return &inputFS{name: name, path: abs}, abi.InputMount + "/" + name, nil
+	return abs, name, nil
+}
+
+// set shows the checked input abs as name and returns the path under which
+// the module opens it.
+func (f *inputFS) set(abs, name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.name, f.path = name, abs
+	return abi.InputMount + "/" + name
+}
+
+// clear empties /input.
+func (f *inputFS) clear() { f.set("", "") }
+
+func (f *inputFS) current() (name, path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.name, f.path
 }
 
 // config mounts the empty root and the input directory, both read-only.
@@ -100,16 +124,20 @@ func (f *inputFS) Open(name string) (fs.File, error) {
 	if !fs.ValidPath(name) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
 	}
-	switch name {
-	case ".":
-		st, err := os.Stat(f.path)
+	cur, path := f.current()
+	switch {
+	case name == ".":
+		if cur == "" {
+			return &listDir{}, nil
+		}
+		st, err := os.Stat(path)
 		if err != nil {
 			return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
 		}
-		info := maskedInfo{name: f.name, size: st.Size(), mode: 0o444, mtime: st.ModTime()}
+		info := maskedInfo{name: cur, size: st.Size(), mode: 0o444, mtime: st.ModTime()}
 		return &listDir{entries: []fs.DirEntry{fs.FileInfoToDirEntry(info)}}, nil
-	case f.name:
-		file, err := os.Open(f.path)
+	case name == cur && cur != "":
+		file, err := os.Open(path)
 		if err != nil {
 			var pe *fs.PathError
 			if errors.As(err, &pe) {

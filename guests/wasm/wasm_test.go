@@ -81,17 +81,137 @@ func TestEmitTopicsLogsAndInput(t *testing.T) {
 		t.Errorf("stderr lines %q", s)
 	}
 
-	// The same module again: the fake clock and random source are
-	// deterministic, so the summary is identical.
-	rec2, err := e.run(context.Background(), inst, cfg)
-	if err != nil {
-		t.Fatal(guest.JobError(42, err))
+}
+
+// With a fresh instance per run (MaxRunsPerInstance 1), the fake clock and
+// random source make every run of the same module identical.
+func TestFreshInstancesAreDeterministic(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) { c.MaxRunsPerInstance = 1 })
+	inst := e.load(context.Background())
+	random := func() int64 {
+		t.Helper()
+		rec, err := e.run(context.Background(), inst, map[string]any{"batches": 1, "rows": 1})
+		if err != nil {
+			t.Fatal(guest.JobError(42, err))
+		}
+		sum := rec.Batches["summary"][0]
+		return sum.Column(sum.Schema().FieldIndices("random")[0]).(*array.Int64).Value(0)
 	}
-	r1 := col("random").(*array.Int64).Value(0)
-	sum2 := rec2.Batches["summary"][0]
-	r2 := sum2.Column(sum2.Schema().FieldIndices("random")[0]).(*array.Int64).Value(0)
-	if r1 != r2 {
+	if r1, r2 := random(), random(); r1 != r2 {
 		t.Errorf("random values differ between runs (%d, %d): the default random source should be deterministic", r1, r2)
+	}
+	if n := e.rt.WarmInstances(); n != 0 {
+		t.Errorf("%d warm instances kept with MaxRunsPerInstance 1", n)
+	}
+}
+
+// calls runs the plugin's "count" mode on input and returns how many jobs
+// the module instance that ran it has served.
+func calls(t *testing.T, e *env, inst guest.Instance, input string) int {
+	t.Helper()
+	rec := &testenv.Recorder{}
+	defer rec.Release()
+	if err := inst.Run(context.Background(), guest.Input{JobID: 1, Path: input, Config: map[string]any{"mode": "count"}}, rec); err != nil {
+		t.Fatal(guest.JobError(1, err))
+	}
+	var n int
+	if _, err := fmt.Sscanf(strings.TrimSpace(rec.LogText("sdk")), "calls n=%d", &n); err != nil {
+		t.Fatalf("sdk log %q: %v", rec.LogText("sdk"), err)
+	}
+	return n
+}
+
+// A successful run leaves its instance warm for the next run; a failed run
+// closes it; MaxRunsPerInstance recycles it.
+func TestWarmInstanceReuse(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) { c.MaxRunsPerInstance = 3 })
+	inst := e.load(context.Background())
+	if n := e.rt.WarmInstances(); n != 1 {
+		t.Errorf("after Load: %d warm instances, want 1 (the one Load checked)", n)
+	}
+	for want := 1; want <= 3; want++ {
+		if got := calls(t, e, inst, e.in); got != want {
+			t.Fatalf("run %d: the instance served %d jobs, want %d (a warm instance)", want, got, want)
+		}
+	}
+	// Three runs served: the fourth gets a fresh instance.
+	if got := calls(t, e, inst, e.in); got != 1 {
+		t.Errorf("after 3 runs the instance served %d jobs, want a fresh one (1)", got)
+	}
+	// A failed run closes its instance; the next run starts afresh.
+	if _, err := e.run(context.Background(), inst, map[string]any{"mode": "error"}); err == nil {
+		t.Fatal("mode error succeeded")
+	}
+	if n := e.rt.WarmInstances(); n != 0 {
+		t.Errorf("after a failed run: %d warm instances, want 0", n)
+	}
+	if got := calls(t, e, inst, e.in); got != 1 {
+		t.Errorf("after a failed run the instance served %d jobs, want a fresh one (1)", got)
+	}
+}
+
+// A warm instance sees only the current run's input: the previous input is
+// gone from /input.
+func TestWarmInstanceSeesOnlyItsInput(t *testing.T) {
+	e := newEnv(t, func(*wasm.Config) {})
+	inst := e.load(context.Background())
+	first := filepath.Join(t.TempDir(), "first.csv")
+	if err := os.WriteFile(first, []byte("a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls(t, e, inst, first); got != 1 {
+		t.Fatalf("served %d, want 1", got)
+	}
+	if n := e.rt.WarmInstances(); n != 1 {
+		t.Fatalf("%d warm instances, want 1: the next run must take the one that saw first.csv", n)
+	}
+	rec := &testenv.Recorder{}
+	defer rec.Release()
+	err := inst.Run(context.Background(), guest.Input{JobID: 2, Path: e.in,
+		Config: map[string]any{"mode": "open", "path": "/input/first.csv"}}, rec)
+	ge := mustGuestError(t, err, guest.ErrPlugin)
+	if !strings.Contains(ge.Message, "first.csv") || !strings.Contains(ge.Hint, "sees only its input file") {
+		t.Errorf("not actionable:\n%s", ge.Detail())
+	}
+}
+
+// An instance whose memory grew past MaxWarmMemoryBytes is not kept.
+func TestWarmInstanceMemoryCap(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) { c.MaxWarmMemoryBytes = 1 << 20 })
+	inst := e.load(context.Background())
+	if got := calls(t, e, inst, e.in); got != 1 {
+		t.Errorf("served %d, want 1", got)
+	}
+	if n := e.rt.WarmInstances(); n != 0 {
+		t.Errorf("%d warm instances kept above the memory cap", n)
+	}
+}
+
+// Concurrent runs each take an instance; at most MaxWarmInstances stay.
+func TestWarmInstancesConcurrent(t *testing.T) {
+	e := newEnv(t, func(c *wasm.Config) { c.MaxWarmInstances = 2 })
+	inst := e.load(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := &testenv.Recorder{}
+			defer rec.Release()
+			errs <- inst.Run(context.Background(), guest.Input{JobID: 3, Path: e.in,
+				Config: map[string]any{"mode": "slow", "batches": 2, "sleep_ms": 50}}, rec)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(guest.JobError(3, err))
+		}
+	}
+	if n := e.rt.WarmInstances(); n != 2 {
+		t.Errorf("%d warm instances after 4 concurrent runs, want 2 (MaxWarmInstances)", n)
 	}
 }
 
@@ -248,8 +368,17 @@ func TestSandbox(t *testing.T) {
 }
 
 func TestDeadlineStopsInfiniteLoop(t *testing.T) {
-	e := newEnv(t, nil)
+	// A runtime of its own, warmed by a first run: the short deadline then
+	// falls in casparian_process, not in instantiating a module on a
+	// loaded machine.
+	e := newEnv(t, func(*wasm.Config) {})
 	inst := e.load(context.Background())
+	if _, err := e.run(context.Background(), inst, map[string]any{"mode": "noop"}); err != nil {
+		t.Fatal(guest.JobError(42, err))
+	}
+	if n := e.rt.WarmInstances(); n != 1 {
+		t.Fatalf("%d warm instances, want 1", n)
+	}
 	before := goroutines()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

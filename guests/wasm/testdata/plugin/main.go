@@ -43,9 +43,16 @@ func num(cfg map[string]any, key string, def int) int {
 
 var sink [][]byte // keeps "grow" allocations alive
 
+var calls int // Process calls this module instance served
+
 func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 	mode, _ := in.Config["mode"].(string)
+	calls++
 	switch mode {
+	case "count":
+		// How many jobs this module instance ran, this one included.
+		out.Logger().Info("calls", "n", calls)
+		return nil
 	case "", "emit":
 		return emit(in, out)
 	case "noop":
