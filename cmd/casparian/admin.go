@@ -595,20 +595,19 @@ func cmdEnqueue(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			fmt.Fprintf(stdout, "plugin %s: topic %s → %s\n", name, k.Topic, k.URI)
 		}
 	}
-	var ids []int64
+	// Files are registered one by one (registering again is harmless), the
+	// jobs in one transaction: all of them, or none.
+	specs := make([]store.JobSpec, 0, len(inputs))
 	for _, in := range inputs {
 		fv, err := s.AddFile(ctx, store.FileSpec{Root: in.root, RelPath: in.rel})
-		if err == nil {
-			var id int64
-			if id, err = s.Enqueue(ctx, fv, name, *priority, ""); err == nil {
-				ids = append(ids, id)
-				continue
-			}
+		if err != nil {
+			return fail(fmt.Errorf("%w (no job was enqueued)", err))
 		}
-		if len(ids) > 0 {
-			fmt.Fprintf(stderr, "casparian enqueue: %d jobs (%s) were enqueued before this error:\n", len(ids), idRange(ids))
-		}
-		return fail(err)
+		specs = append(specs, store.JobSpec{FileVersionID: fv, PluginName: name, Priority: *priority})
+	}
+	ids, err := s.EnqueueMany(ctx, specs)
+	if err != nil {
+		return fail(fmt.Errorf("%w (no job was enqueued)", err))
 	}
 	noun := "jobs"
 	if len(ids) == 1 {

@@ -60,7 +60,7 @@ type Dispatch struct {
 func (s *Store) Resolve(ctx context.Context, id int64) (*Dispatch, error) {
 	var plugin, overrides string
 	var fv sql.NullInt64
-	err := s.r.QueryRowContext(ctx, `SELECT plugin_name, coalesce(config_overrides, ''), file_version_id
+	err := s.readRow(ctx, `SELECT plugin_name, coalesce(config_overrides, ''), file_version_id
 		FROM cf_processing_queue WHERE id = ?`, id).Scan(&plugin, &overrides, &fv)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("resolve job %d: %w", id, ErrJobNotFound)
@@ -86,7 +86,7 @@ func (s *Store) Resolve(ctx context.Context, id int64) (*Dispatch, error) {
 // fails with ErrFileMissing or ErrPathEscapesRoot.
 func (s *Store) FilePath(ctx context.Context, fileVersionID int64) (string, error) {
 	var root, rel sql.NullString
-	err := s.r.QueryRowContext(ctx, `SELECT sr.path, fl.rel_path
+	err := s.readRow(ctx, `SELECT sr.path, fl.rel_path
 		FROM cf_file_version fv
 		LEFT JOIN cf_file_location fl ON fl.id = fv.location_id
 		LEFT JOIN cf_source_root sr ON sr.id = fl.source_root_id
@@ -116,7 +116,7 @@ type PluginInfo struct {
 func (s *Store) PluginDispatch(ctx context.Context, plugin string) (*PluginInfo, error) {
 	d := &PluginInfo{}
 	var env, art sql.NullString
-	err := s.r.QueryRowContext(ctx, `SELECT id, coalesce(version, ''), source_code, env_hash, artifact_hash
+	err := s.readRow(ctx, `SELECT id, coalesce(version, ''), source_code, env_hash, artifact_hash
 		FROM cf_plugin_manifest WHERE plugin_name = ? AND status = 'ACTIVE'
 		ORDER BY created_at DESC, id DESC LIMIT 1`, plugin).Scan(&d.ManifestID, &d.Version, &d.SourceCode, &env, &art)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -158,7 +158,7 @@ func JoinInRoot(root, rel string) (string, error) {
 // Sinks returns the plugin's topics from cf_topic_config (by id), plus
 // DefaultSink when none is named "output".
 func (s *Store) Sinks(ctx context.Context, plugin string) ([]Sink, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT topic_name, uri, coalesce(mode, ''), coalesce(schema_json, '')
+	rows, err := s.readQuery(ctx, `SELECT topic_name, uri, coalesce(mode, ''), coalesce(schema_json, '')
 		FROM cf_topic_config WHERE plugin_name = ? ORDER BY id`, plugin)
 	if err != nil {
 		return nil, fmt.Errorf("sinks of %s: %w", plugin, err)
@@ -221,7 +221,7 @@ func (s *Store) AddFile(ctx context.Context, spec FileSpec) (int64, error) {
 	}
 	now := fmtTime(s.now())
 	var versionID int64
-	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+	err = s.writeTx(ctx, func(tx *wtx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO cf_source_root (path, type, active) VALUES (?, 'local', 1)
 			ON CONFLICT (path) DO NOTHING`, root); err != nil {
 			return err
@@ -320,7 +320,7 @@ func (s *Store) AddPlugin(ctx context.Context, spec PluginSpec) (int64, error) {
 	srcHash := hex.EncodeToString(sum[:])
 	now := fmtTime(s.now())
 	var id int64
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO cf_plugin_config (plugin_name, subscription_tags,
 			default_parameters, last_updated) VALUES (?, '', '{}', ?) ON CONFLICT (plugin_name) DO NOTHING`,
 			spec.Name, now); err != nil {
@@ -367,7 +367,7 @@ func (s *Store) AddSink(ctx context.Context, plugin string, k Sink) error {
 	if k.Mode == "" {
 		k.Mode = "append"
 	}
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO cf_topic_config (plugin_name, topic_name, uri, mode, schema_json)
 			VALUES (?, ?, ?, ?, ?)`, plugin, k.Topic, k.URI, k.Mode, nullStr(k.SchemaJSON))
 		return err

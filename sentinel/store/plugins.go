@@ -11,7 +11,7 @@ import (
 // plugin would use: its newest ACTIVE manifest by created_at, then id (as
 // Resolve picks it). It fails with ErrNoActiveManifest when there is none.
 func (s *Store) ActiveManifest(ctx context.Context, plugin string) (id int64, version string, err error) {
-	err = s.r.QueryRowContext(ctx, `SELECT id, coalesce(version, '') FROM cf_plugin_manifest
+	err = s.readRow(ctx, `SELECT id, coalesce(version, '') FROM cf_plugin_manifest
 		WHERE plugin_name = ? AND status = 'ACTIVE' ORDER BY created_at DESC, id DESC LIMIT 1`,
 		plugin).Scan(&id, &version)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -26,7 +26,7 @@ func (s *Store) ActiveManifest(ctx context.Context, plugin string) (id int64, ve
 // ConfiguredSinks returns the plugin's rows of cf_topic_config (by id),
 // without the DefaultSink that Sinks adds. Mode "" reads as "append".
 func (s *Store) ConfiguredSinks(ctx context.Context, plugin string) ([]Sink, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT topic_name, uri, coalesce(mode, ''), coalesce(schema_json, '')
+	rows, err := s.readQuery(ctx, `SELECT topic_name, uri, coalesce(mode, ''), coalesce(schema_json, '')
 		FROM cf_topic_config WHERE plugin_name = ? ORDER BY id`, plugin)
 	if err != nil {
 		return nil, fmt.Errorf("configured sinks of %s: %w", plugin, err)

@@ -99,32 +99,61 @@ func Backoff(n int, base, max time.Duration, jitter float64) time.Duration {
 // exceed Options.MaxJobID (ErrJobIDExhausted); SQLite's random rowid
 // fallback at 2^63-1 is never reached.
 func (s *Store) Enqueue(ctx context.Context, fileVersionID int64, pluginName string, priority int64, configOverrides string) (int64, error) {
-	if pluginName == "" {
-		return 0, errors.New("enqueue: empty plugin name")
+	ids, err := s.EnqueueMany(ctx, []JobSpec{{FileVersionID: fileVersionID, PluginName: pluginName,
+		Priority: priority, ConfigOverrides: configOverrides}})
+	if err != nil {
+		return 0, err
 	}
-	if configOverrides != "" && !json.Valid([]byte(configOverrides)) {
-		return 0, errors.New("enqueue: config overrides are not valid JSON")
+	return ids[0], nil
+}
+
+// JobSpec is one job for EnqueueMany.
+type JobSpec struct {
+	FileVersionID   int64
+	PluginName      string
+	Priority        int64
+	ConfigOverrides string // JSON text, or "" for none
+}
+
+// EnqueueMany inserts jobs as Enqueue does, all in one transaction (one
+// commit, so one fsync for any number of jobs): either every job is
+// enqueued or none is. It returns their ids, in order.
+func (s *Store) EnqueueMany(ctx context.Context, jobs []JobSpec) ([]int64, error) {
+	if len(jobs) == 0 {
+		return nil, nil
 	}
-	var id int64
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	for i, j := range jobs {
+		if j.PluginName == "" {
+			return nil, fmt.Errorf("enqueue: job %d of %d: empty plugin name", i+1, len(jobs))
+		}
+		if j.ConfigOverrides != "" && !json.Valid([]byte(j.ConfigOverrides)) {
+			return nil, fmt.Errorf("enqueue: job %d of %d: config overrides are not valid JSON", i+1, len(jobs))
+		}
+	}
+	ids := make([]int64, len(jobs))
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		var maxID sql.NullInt64
 		if err := tx.QueryRowContext(ctx, `SELECT max(id) FROM cf_processing_queue`).Scan(&maxID); err != nil {
 			return err
 		}
-		if maxID.Int64 >= s.opts.MaxJobID {
-			return fmt.Errorf("%w: last id %d, max %d", ErrJobIDExhausted, maxID.Int64, s.opts.MaxJobID)
+		if maxID.Int64 > s.opts.MaxJobID-int64(len(jobs)) {
+			return fmt.Errorf("%w: last id %d, max %d, %d jobs to add", ErrJobIDExhausted, maxID.Int64, s.opts.MaxJobID, len(jobs))
 		}
-		id = maxID.Int64 + 1
-		_, err := tx.ExecContext(ctx, `INSERT INTO cf_processing_queue
-			(id, file_version_id, plugin_name, config_overrides, status, priority, retry_count, attempt)
-			VALUES (?, ?, ?, ?, 'QUEUED', ?, 0, 0)`,
-			id, fileVersionID, pluginName, nullStr(configOverrides), priority)
-		return err
+		for i, j := range jobs {
+			ids[i] = maxID.Int64 + 1 + int64(i)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO cf_processing_queue
+				(id, file_version_id, plugin_name, config_overrides, status, priority, retry_count, attempt)
+				VALUES (?, ?, ?, ?, 'QUEUED', ?, 0, 0)`,
+				ids[i], j.FileVersionID, j.PluginName, nullStr(j.ConfigOverrides), j.Priority); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("enqueue: %w", err)
+		return nil, fmt.Errorf("enqueue: %w", err)
 	}
-	return id, nil
+	return ids, nil
 }
 
 // Claim atomically takes the QUEUED job with the highest priority, then the
@@ -191,7 +220,7 @@ func (s *Store) ClaimN(ctx context.Context, workerID string, capabilities []stri
 		RETURNING id, attempt, file_version_id, plugin_name, coalesce(priority, 0),
 			coalesce(config_overrides, ''), coalesce(retry_count, 0)`
 	var out []*Claimed
-	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *wtx) error {
 		out = out[:0] // fn may be retried
 		rows, err := tx.QueryContext(ctx, q, args...)
 		if err != nil {
@@ -229,7 +258,7 @@ func (s *Store) ExtendLease(ctx context.Context, id, attempt int64, workerID str
 	}
 	exp := s.now().Add(lease)
 	var n int64
-	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *wtx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE cf_processing_queue SET lease_expires_at = ?
 			WHERE id = ? AND status = 'RUNNING' AND attempt = ? AND lease_owner = ?`,
 			fmtTime(exp), id, attempt, workerID)
@@ -260,7 +289,7 @@ func (s *Store) ExtendLease(ctx context.Context, id, attempt int64, workerID str
 //   - ABORTED → FAILED, or like a retriable failure when Outcome.Requeue.
 func (s *Store) Conclude(ctx context.Context, id, attempt int64, out Outcome) (Transition, error) {
 	var tr Transition
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		var err error
 		tr, err = s.concludeTx(ctx, tx, id, attempt, out)
 		return err
@@ -285,7 +314,7 @@ type Conclusion struct {
 func (s *Store) ConcludeMany(ctx context.Context, cs []Conclusion) ([]Transition, []error) {
 	trs := make([]Transition, len(cs))
 	errs := make([]error, len(cs))
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		for i, c := range cs {
 			tr, err := s.concludeTx(ctx, tx, c.ID, c.Attempt, c.Outcome)
 			switch {
@@ -309,7 +338,7 @@ func (s *Store) ConcludeMany(ctx context.Context, cs []Conclusion) ([]Transition
 
 // concludeTx applies one conclusion inside tx. A stale attempt is detected
 // before anything is written.
-func (s *Store) concludeTx(ctx context.Context, tx *sql.Tx, id, attempt int64, out Outcome) (Transition, error) {
+func (s *Store) concludeTx(ctx context.Context, tx *wtx, id, attempt int64, out Outcome) (Transition, error) {
 	var status, owner sql.NullString
 	var cur, retries sql.NullInt64
 	err := tx.QueryRowContext(ctx, `SELECT status, attempt, coalesce(retry_count, 0), lease_owner
@@ -349,7 +378,7 @@ func (s *Store) concludeTx(ctx context.Context, tx *sql.Tx, id, attempt int64, o
 // original system, which never reaped) count as expired.
 func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]Transition, error) {
 	var out []Transition
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		out = nil // fn may be retried
 		jobs, err := runningJobs(ctx, tx, `(lease_expires_at IS NULL OR lease_expires_at <= ?)`, fmtTime(now))
 		if err != nil {
@@ -376,7 +405,7 @@ func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]Transition, e
 // from that worker then fail with ErrStaleAttempt.
 func (s *Store) ReleaseWorker(ctx context.Context, workerID string) ([]Transition, error) {
 	var out []Transition
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		out = nil // fn may be retried
 		jobs, err := runningJobs(ctx, tx, `lease_owner = ?`, workerID)
 		if err != nil {
@@ -404,7 +433,7 @@ type running struct {
 	owner                string
 }
 
-func runningJobs(ctx context.Context, tx *sql.Tx, cond string, arg any) ([]running, error) {
+func runningJobs(ctx context.Context, tx *wtx, cond string, arg any) ([]running, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT id, attempt, coalesce(retry_count, 0), coalesce(lease_owner, '')
 		FROM cf_processing_queue WHERE status = 'RUNNING' AND `+cond+` ORDER BY id`, arg)
 	if err != nil {
@@ -422,7 +451,7 @@ func runningJobs(ctx context.Context, tx *sql.Tx, cond string, arg any) ([]runni
 	return out, rows.Err()
 }
 
-func (s *Store) complete(ctx context.Context, tx *sql.Tx, j running, out Outcome, now time.Time) (Transition, error) {
+func (s *Store) complete(ctx context.Context, tx *wtx, j running, out Outcome, now time.Time) (Transition, error) {
 	var result sql.NullString
 	if out.Metrics != nil || out.Artifacts != nil {
 		b, err := json.Marshal(struct {
@@ -440,7 +469,7 @@ func (s *Store) complete(ctx context.Context, tx *sql.Tx, j running, out Outcome
 		To: StatusCompleted, RetryCount: j.retries}, err
 }
 
-func (s *Store) fail(ctx context.Context, tx *sql.Tx, j running, msg string, now time.Time) (Transition, error) {
+func (s *Store) fail(ctx context.Context, tx *wtx, j running, msg string, now time.Time) (Transition, error) {
 	err := fencedUpdate(ctx, tx, j, `status = 'FAILED', end_time = ?, error_message = ?, last_error = ?,
 		lease_expires_at = NULL`, fmtTime(now), msg, msg)
 	return Transition{ID: j.id, Attempt: j.attempt, Owner: j.owner, From: StatusRunning,
@@ -448,7 +477,7 @@ func (s *Store) fail(ctx context.Context, tx *sql.Tx, j running, msg string, now
 }
 
 // retryOrFail requeues j with backoff, or fails it once retries are used up.
-func (s *Store) retryOrFail(ctx context.Context, tx *sql.Tx, j running, msg string, now time.Time) (Transition, error) {
+func (s *Store) retryOrFail(ctx context.Context, tx *wtx, j running, msg string, now time.Time) (Transition, error) {
 	if j.retries >= int64(s.opts.MaxRetries) {
 		final := fmt.Sprintf("gave up after %d attempts (%d retries): %s", j.attempt, j.retries, msg)
 		return s.fail(ctx, tx, j, final, now)
@@ -463,7 +492,7 @@ func (s *Store) retryOrFail(ctx context.Context, tx *sql.Tx, j running, msg stri
 }
 
 // fencedUpdate applies set to j only while it is RUNNING at j.attempt.
-func fencedUpdate(ctx context.Context, tx *sql.Tx, j running, set string, args ...any) error {
+func fencedUpdate(ctx context.Context, tx *wtx, j running, set string, args ...any) error {
 	args = append(args, j.id, j.attempt)
 	res, err := tx.ExecContext(ctx, `UPDATE cf_processing_queue SET `+set+`
 		WHERE id = ? AND status = 'RUNNING' AND attempt = ?`, args...)
@@ -501,7 +530,7 @@ func (s *Store) Counts(ctx context.Context) (map[string]int64, error) {
 	for _, st := range Statuses {
 		out[st] = 0
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT coalesce(status, ''), count(*) FROM cf_processing_queue GROUP BY status`)
+	rows, err := s.readQuery(ctx, `SELECT coalesce(status, ''), count(*) FROM cf_processing_queue GROUP BY status`)
 	if err != nil {
 		return nil, fmt.Errorf("count jobs: %w", err)
 	}
@@ -566,7 +595,7 @@ func scanJob(sc interface{ Scan(...any) error }) (Job, error) {
 
 // Get returns one job, or ErrJobNotFound.
 func (s *Store) Get(ctx context.Context, id int64) (*Job, error) {
-	j, err := scanJob(s.r.QueryRowContext(ctx, `SELECT `+jobCols+` FROM cf_processing_queue WHERE id = ?`, id))
+	j, err := scanJob(s.readRow(ctx, `SELECT `+jobCols+` FROM cf_processing_queue WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("get job %d: %w", id, ErrJobNotFound)
 	}
@@ -604,7 +633,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Job, error) {
 	}
 	q += " ORDER BY id DESC LIMIT ?"
 	args = append(args, limit)
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.readQuery(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}

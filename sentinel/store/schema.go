@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 )
 
@@ -192,10 +191,12 @@ var postDDL = []string{
 	`CREATE INDEX IF NOT EXISTS ix_worker_node_worker_id ON cf_worker_node (worker_id)`,
 }
 
+// migrate runs its one-off statements unprepared (tx.Tx), outside the
+// statement cache.
 func (s *Store) migrate(ctx context.Context) error {
-	return s.writeTx(ctx, func(tx *sql.Tx) error {
+	return s.writeTx(ctx, func(tx *wtx) error {
 		for _, q := range schemaDDL {
-			if _, err := tx.ExecContext(ctx, q); err != nil {
+			if _, err := tx.Tx.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("migrate: %w", err)
 			}
 		}
@@ -208,17 +209,17 @@ func (s *Store) migrate(ctx context.Context) error {
 				continue
 			}
 			q := fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", c.table, c.column, c.decl)
-			if _, err := tx.ExecContext(ctx, q); err != nil {
+			if _, err := tx.Tx.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("migrate: add %s.%s: %w", c.table, c.column, err)
 			}
 		}
 		for _, q := range postDDL {
-			if _, err := tx.ExecContext(ctx, q); err != nil {
+			if _, err := tx.Tx.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("migrate: %w", err)
 			}
 		}
 		// Rows written by the original may hold NULL where we rely on a value.
-		if _, err := tx.ExecContext(ctx,
+		if _, err := tx.Tx.ExecContext(ctx,
 			`UPDATE cf_processing_queue SET retry_count = 0 WHERE retry_count IS NULL`); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
@@ -226,9 +227,9 @@ func (s *Store) migrate(ctx context.Context) error {
 	})
 }
 
-func hasColumn(ctx context.Context, tx *sql.Tx, table, column string) (bool, error) {
+func hasColumn(ctx context.Context, tx *wtx, table, column string) (bool, error) {
 	var n int
-	err := tx.QueryRowContext(ctx,
+	err := tx.Tx.QueryRowContext(ctx,
 		`SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&n)
 	if err != nil {
 		return false, fmt.Errorf("table info %s: %w", table, err)

@@ -135,10 +135,12 @@ func (o Options) withDefaults() Options {
 
 // Store is the sentinel's database. It is safe for concurrent use.
 type Store struct {
-	w    *sql.DB // single writer connection, BEGIN IMMEDIATE
-	r    *sql.DB // read pool, query_only
-	opts Options
-	path string
+	w *sql.DB // single writer connection, BEGIN IMMEDIATE
+	r *sql.DB // read pool, query_only
+	// Prepared statements of each pool, by SQL text.
+	wstmts, rstmts *stmtCache
+	opts           Options
+	path           string
 	// curSync is the writer connection's PRAGMA synchronous; only touched
 	// while holding that (single) connection.
 	curSync string
@@ -172,7 +174,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxIdleTime(0)
 	w.SetConnMaxLifetime(0)
-	s := &Store{w: w, opts: opts, path: path, curSync: opts.Synchronous}
+	s := &Store{w: w, opts: opts, path: path, curSync: opts.Synchronous, wstmts: newStmtCache(w)}
 	if err := w.PingContext(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -195,6 +197,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s.r = r
+	s.rstmts = newStmtCache(r)
 	return s, nil
 }
 
@@ -221,6 +224,12 @@ func (s *Store) Path() string { return s.path }
 // Close closes both pools. It is safe to call more than once.
 func (s *Store) Close() error {
 	var errs []error
+	if s.rstmts != nil {
+		s.rstmts.close()
+	}
+	if s.wstmts != nil {
+		s.wstmts.close()
+	}
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
 	}
@@ -240,7 +249,7 @@ func (s *Store) Close() error {
 // short jittered pause) until it succeeds, ctx ends, or maxBusyRetries is
 // reached. fn may therefore run more than once and must reset whatever it
 // collects.
-func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *Store) writeTx(ctx context.Context, fn func(tx *wtx) error) error {
 	return s.writeTxSync(ctx, s.opts.Synchronous, fn)
 }
 
@@ -249,7 +258,7 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 // Such a commit survives a process crash; only a power loss or OS crash can
 // drop it, and then the job is simply dispatched again (outputs are keyed by
 // job id, conclusions fenced). Enqueue and Conclude keep Options.Synchronous.
-func (s *Store) softWriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *Store) softWriteTx(ctx context.Context, fn func(tx *wtx) error) error {
 	mode := "NORMAL"
 	if s.opts.Synchronous == "OFF" {
 		mode = "OFF"
@@ -257,7 +266,8 @@ func (s *Store) softWriteTx(ctx context.Context, fn func(tx *sql.Tx) error) erro
 	return s.writeTxSync(ctx, mode, fn)
 }
 
-func (s *Store) writeTxSync(ctx context.Context, mode string, fn func(tx *sql.Tx) error) error {
+func (s *Store) writeTxSync(ctx context.Context, mode string, fn func(tx *wtx) error) error {
+	defer s.wstmts.preparePending(context.WithoutCancel(ctx))
 	for try := 0; ; try++ {
 		err := s.writeTxOnce(ctx, mode, fn)
 		if err == nil || !isBusy(err) || try >= maxBusyRetries {
@@ -282,7 +292,7 @@ type errCommit struct{ err error }
 func (e errCommit) Error() string { return "commit: " + e.err.Error() }
 func (e errCommit) Unwrap() error { return e.err }
 
-func (s *Store) writeTxOnce(ctx context.Context, mode string, fn func(tx *sql.Tx) error) error {
+func (s *Store) writeTxOnce(ctx context.Context, mode string, fn func(tx *wtx) error) error {
 	// The pool has exactly one connection, so holding it serializes writers
 	// and makes curSync safe to touch.
 	conn, err := s.w.Conn(ctx)
@@ -300,7 +310,7 @@ func (s *Store) writeTxOnce(ctx context.Context, mode string, fn func(tx *sql.Tx
 	if err != nil {
 		return err
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(&wtx{Tx: tx, c: s.wstmts}); err != nil {
 		_ = tx.Rollback()
 		return err
 	}

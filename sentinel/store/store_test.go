@@ -760,3 +760,38 @@ func TestWriteRetriesWhileAnotherProcessHoldsTheLock(t *testing.T) {
 		t.Fatalf("enqueue with short ctx err = %v", err)
 	}
 }
+
+func TestEnqueueMany(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{MaxJobID: 5})
+	ids, err := s.EnqueueMany(ctx, []JobSpec{{FileVersionID: 1, PluginName: "a"}, {FileVersionID: 2, PluginName: "b", Priority: 3,
+		ConfigOverrides: `{"k":1}`}})
+	if err != nil || len(ids) != 2 || ids[0] != 1 || ids[1] != 2 {
+		t.Fatalf("ids %v err %v, want [1 2]", ids, err)
+	}
+	if j := mustGet(t, s, 2); j.PluginName != "b" || j.Priority != 3 || j.FileVersionID != 2 || j.Status != StatusQueued {
+		t.Errorf("job 2 = %+v", j)
+	}
+	// All or none: one bad job enqueues nothing.
+	if _, err := s.EnqueueMany(ctx, []JobSpec{{FileVersionID: 1, PluginName: "a"}, {FileVersionID: 1, PluginName: "a",
+		ConfigOverrides: "{bad"}}); err == nil || !strings.Contains(err.Error(), "job 2 of 2") {
+		t.Errorf("invalid overrides: err %v", err)
+	}
+	// Four more do not fit under MaxJobID 5: none is added.
+	if _, err := s.EnqueueMany(ctx, make4(t)); !errors.Is(err, ErrJobIDExhausted) {
+		t.Errorf("past MaxJobID: err %v", err)
+	}
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM cf_processing_queue`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("rows = %d %v, want 2", n, err)
+	}
+	// Three still fit.
+	if ids, err := s.EnqueueMany(ctx, make4(t)[:3]); err != nil || ids[2] != 5 {
+		t.Errorf("ids %v err %v, want up to 5", ids, err)
+	}
+}
+
+func make4(*testing.T) []JobSpec {
+	return []JobSpec{{FileVersionID: 1, PluginName: "p"}, {FileVersionID: 1, PluginName: "p"},
+		{FileVersionID: 1, PluginName: "p"}, {FileVersionID: 1, PluginName: "p"}}
+}

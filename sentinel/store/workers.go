@@ -116,7 +116,7 @@ func (s *Store) UpsertWorker(ctx context.Context, w WorkerRecord) error {
 	if !w.StartedAt.IsZero() {
 		started = sql.NullString{String: fmtTime(w.StartedAt), Valid: true}
 	}
-	err = s.softWriteTx(ctx, func(tx *sql.Tx) error {
+	err = s.softWriteTx(ctx, func(tx *wtx) error {
 		// UPDATE then INSERT rather than ON CONFLICT: a table created by the
 		// original is used as is, whatever its constraints.
 		res, err := tx.ExecContext(ctx, `UPDATE cf_worker_node SET worker_id = ?, ip_address = ?,
@@ -165,7 +165,7 @@ func (s *Store) SetWorkerStatus(ctx context.Context, workerID, status, reason st
 			active_job_ids = '[]', current_job_id = NULL WHERE worker_id = ?`
 	}
 	var n int64
-	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *wtx) error {
 		res, err := tx.ExecContext(ctx, q, status, nullStr(reason), workerID)
 		if err != nil {
 			return err
@@ -189,7 +189,7 @@ func (s *Store) SetWorkerStatus(ctx context.Context, workerID, status, reason st
 // that just started) and when it stops cleanly.
 func (s *Store) MarkWorkersGone(ctx context.Context, reason string) (int64, error) {
 	var n int64
-	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *wtx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE cf_worker_node SET status = 'GONE', status_reason = ?,
 			busy_slots = 0, active_job_ids = '[]', current_job_id = NULL
 			WHERE status IS NULL OR status IN ('ACTIVE', 'DRAINING')`, nullStr(reason))
@@ -248,7 +248,7 @@ func scanWorker(sc interface{ Scan(...any) error }) (WorkerRecord, error) {
 // then by last_heartbeat, newest first (rows without one last), then by
 // worker id, hostname and pid.
 func (s *Store) ListWorkers(ctx context.Context) ([]WorkerRecord, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+workerCols+` FROM cf_worker_node`)
+	rows, err := s.readQuery(ctx, `SELECT `+workerCols+` FROM cf_worker_node`)
 	if err != nil {
 		return nil, fmt.Errorf("list workers: %w", err)
 	}
@@ -291,7 +291,7 @@ func (s *Store) ListWorkers(ctx context.Context) ([]WorkerRecord, error) {
 // deleted too.
 func (s *Store) PruneWorkers(ctx context.Context, olderThan time.Time) (int64, error) {
 	var n int64
-	err := s.softWriteTx(ctx, func(tx *sql.Tx) error {
+	err := s.softWriteTx(ctx, func(tx *wtx) error {
 		n = 0 // fn may be retried
 		// The comparison is done in Go: legacy timestamps do not compare as text.
 		rows, err := tx.QueryContext(ctx, `SELECT hostname, pid, last_heartbeat FROM cf_worker_node
