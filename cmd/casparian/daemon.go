@@ -99,7 +99,7 @@ func (f *workerFlags) newWorker(ctx context.Context, connect string, log *slog.L
 	if err != nil {
 		return nil, nil, fmt.Errorf("--guests: %w", err)
 	}
-	rts, cleanup, err := f.rt.newRuntimes(ctx, kinds, log)
+	rts, cleanup, err := f.rt.newRuntimes(ctx, kinds, f.slots, log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -105,7 +105,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	runtimes, closeRuntimes, err := f.rt.newRuntimes(ctx, []guest.Kind{plugin.Kind}, logger)
+	runtimes, closeRuntimes, err := f.rt.newRuntimes(ctx, []guest.Kind{plugin.Kind}, f.jobs, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian run: %v\n", err)
 		return 1

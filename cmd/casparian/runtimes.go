@@ -65,8 +65,11 @@ func parseKinds(v string) ([]guest.Kind, error) {
 
 // newRuntimes starts the runtimes of the given kinds. The Python runtime is
 // preflighted (interpreter and pyarrow found) so a broken setup fails here,
-// with advice, instead of in every job. close releases them all.
-func (f *runtimeFlags) newRuntimes(ctx context.Context, kinds []guest.Kind, log *slog.Logger) (map[guest.Kind]guest.Runtime, func(), error) {
+// with advice, instead of in every job. concurrency is how many jobs run at
+// once: the go-plugin and WASM guests keep that many warm processes or
+// instances per plugin, so no job waits for a cold start in steady state.
+// close releases them all.
+func (f *runtimeFlags) newRuntimes(ctx context.Context, kinds []guest.Kind, concurrency int, log *slog.Logger) (map[guest.Kind]guest.Runtime, func(), error) {
 	rts := map[guest.Kind]guest.Runtime{}
 	closeAll := func() {
 		for _, rt := range rts {
@@ -90,7 +93,8 @@ func (f *runtimeFlags) newRuntimes(ctx context.Context, kinds []guest.Kind, log 
 			}
 			log.Debug("python guest ready", "python", rt.Interpreter(), "versions", versions)
 		case guest.KindGoPlugin:
-			rt, err := goplugin.New(goplugin.Config{Logger: log})
+			rt, err := goplugin.New(goplugin.Config{MaxIdlePerPlugin: concurrency,
+				MaxIdle: max(goplugin.DefaultMaxIdle, concurrency), Logger: log})
 			if err != nil {
 				closeAll()
 				return nil, nil, fmt.Errorf("go-plugin guest: %w", err)
@@ -106,7 +110,7 @@ func (f *runtimeFlags) newRuntimes(ctx context.Context, kinds []guest.Kind, log 
 				return nil, nil, fmt.Errorf("--wasm-max-runs %d: want 1 or more", f.wasmMaxRuns)
 			}
 			rt, err := wasm.New(wasm.Config{CacheDir: f.wasmCache, MemoryLimitPages: uint32(f.wasmMemoryMiB * 16),
-				MaxRunsPerInstance: f.wasmMaxRuns, Logger: log})
+				MaxRunsPerInstance: f.wasmMaxRuns, MaxWarmInstances: concurrency, Logger: log})
 			if err != nil {
 				closeAll()
 				return nil, nil, fmt.Errorf("WASM guest: %w", err)
