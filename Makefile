@@ -50,7 +50,7 @@ test-python: venv
 examples:
 	@mkdir -p bin/examples
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/examples/jsonl ./examples/go-jsonl
-	GOOS=wasip1 GOARCH=wasm $(GO) build -trimpath -buildmode=c-shared -o bin/examples/jsonl.wasm ./examples/go-jsonl
+	GOOS=wasip1 GOARCH=wasm $(GO) build -trimpath -tags arrow_json_stdlib -buildmode=c-shared -o bin/examples/jsonl.wasm ./examples/go-jsonl
 
 demo: build venv examples
 	./examples/demo.sh

@@ -344,7 +344,7 @@ func benchGuests(kinds []string) ([]*benchGuest, func(), error) {
 				}})
 		case "wasm":
 			mod := filepath.Join(dir, "plugin.wasm")
-			if err := gobuild([]string{"GOOS=wasip1", "GOARCH=wasm"}, "-buildmode=c-shared", "-o", mod, "./bench/guestbench/plugin"); err != nil {
+			if err := gobuild([]string{"GOOS=wasip1", "GOARCH=wasm"}, "-tags", "arrow_json_stdlib", "-buildmode=c-shared", "-o", mod, "./bench/guestbench/plugin"); err != nil {
 				return nil, cleanup, err
 			}
 			sum, err := manifest.HashFile(mod)

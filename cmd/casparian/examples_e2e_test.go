@@ -33,7 +33,7 @@ func buildExamples(t *testing.T) (goplugin, wasm string) {
 			args []string
 		}{
 			{[]string{"CGO_ENABLED=0"}, []string{"build", "-trimpath", "-o", filepath.Join(dir, "jsonl"), "./examples/go-jsonl"}},
-			{[]string{"GOOS=wasip1", "GOARCH=wasm"}, []string{"build", "-trimpath", "-buildmode=c-shared", "-o",
+			{[]string{"GOOS=wasip1", "GOARCH=wasm"}, []string{"build", "-trimpath", "-tags", "arrow_json_stdlib", "-buildmode=c-shared", "-o",
 				filepath.Join(dir, "jsonl.wasm"), "./examples/go-jsonl"}},
 		} {
 			cmd := exec.Command("go", b.args...)

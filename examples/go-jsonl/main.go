@@ -1,7 +1,7 @@
 // Command go-jsonl is the example Go plugin, one source for both guest kinds:
 //
 //	go build -o jsonl ./examples/go-jsonl                                          # go-plugin executable
-//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o jsonl.wasm ./examples/go-jsonl   # WASM module
+//	GOOS=wasip1 GOARCH=wasm go build -tags arrow_json_stdlib -buildmode=c-shared -o jsonl.wasm ./examples/go-jsonl  # WASM module
 //	casparian run --plugin jsonl      --output out examples/go-jsonl/data
 //	casparian run --plugin jsonl.wasm --output out examples/go-jsonl/data
 //

@@ -68,7 +68,7 @@ func testPlugin(t testing.TB) string {
 	buildOnce.Do(func() {
 		out := filepath.Join(workDir, "plugin.wasm")
 		start := time.Now()
-		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "./testdata/plugin")
+		cmd := exec.Command("go", "build", "-tags", "arrow_json_stdlib", "-buildmode=c-shared", "-o", out, "./testdata/plugin")
 		cmd.Env = append(toolEnv(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("build the test plugin: %v\n%s", err, b)

@@ -16,7 +16,12 @@
 //
 // Build the module with
 //
-//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o myplugin.wasm .
+//	GOOS=wasip1 GOARCH=wasm go build -tags arrow_json_stdlib -buildmode=c-shared -o myplugin.wasm .
+//
+// The arrow_json_stdlib tag is optional: it makes arrow-go use encoding/json
+// instead of github.com/goccy/go-json, which leaves a module about a third
+// smaller (15 MB -> 10 MB for bench/guestbench/plugin) and as much faster to
+// validate and load.
 //
 // -buildmode=c-shared makes a reactor: the host calls _initialize (the Go
 // runtime's initialization and every package's init functions) and then the
