@@ -194,7 +194,7 @@ func (c *cluster) waitCompleted(n int64, d time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("only %d of %d jobs completed after %s (%v)", m[store.StatusCompleted], n, d, m)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pollEvery)
 	}
 }
 
@@ -309,6 +309,29 @@ func run(samples, jobs, nWorkers, slots, rt int, kinds []string) error {
 		}
 		fmt.Printf("  %-26s enqueue %6s, end to end %7s -> %5.0f jobs/s\n", name, enq.Round(time.Millisecond),
 			total.Round(time.Millisecond), float64(jobs)/total.Seconds())
+	}
+	// 4. The same through the real daemons, as OS processes.
+	var real []*benchGuest
+	for _, g := range guests {
+		if g != nil {
+			real = append(real, g)
+		}
+	}
+	if len(real) > 0 {
+		bin := filepath.Join(os.TempDir(), fmt.Sprintf("dispatchbench-casparian-%d", os.Getpid()))
+		if err := gobuild(nil, "-o", bin, "./cmd/casparian"); err != nil {
+			return err
+		}
+		defer os.Remove(bin)
+		fmt.Printf("  through the daemons (casparian sentinel + %d x casparian worker --slots %d, OS processes; from the enqueue commit):\n", nWorkers, slots)
+		for _, g := range real {
+			d, err := daemonThroughput(bin, g, jobs, nWorkers, slots)
+			if err != nil {
+				return fmt.Errorf("%s through the daemons: %w", g.kind, err)
+			}
+			fmt.Printf("  %-26s %24s %7s -> %5.0f jobs/s\n", string(g.kind)+" no-op plugin", "end to end", d.Round(time.Millisecond),
+				float64(jobs)/d.Seconds())
+		}
 	}
 	fmt.Printf("  goal with the go-plugin and WASM guests: >= 1000 jobs/s\n")
 	fmt.Printf("  (enqueue is one transaction for all jobs; claims and conclusions are batched per worker visit)\n")

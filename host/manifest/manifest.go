@@ -34,6 +34,7 @@ import (
 	"strings"
 
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/filehash"
 )
 
 // Version is the manifest format version this package reads and writes.
@@ -188,7 +189,9 @@ func (m *Manifest) Verify() error {
 	if kind != m.Kind {
 		return fmt.Errorf("artifact %s is a %s plugin, but the manifest says %q", m.Artifact, kind, m.Kind)
 	}
-	sum, err := HashFile(m.Artifact)
+	// Verify runs before every job on a worker: an artifact unchanged since
+	// it was last hashed is not read again.
+	sum, err := filehash.Sum(m.Artifact)
 	if err != nil {
 		return fmt.Errorf("artifact: %w", err)
 	}
