@@ -1,13 +1,17 @@
 package wasm
 
-import "time"
+import (
+	"time"
+
+	"github.com/casparianflow/casparian/internal/filehash"
+)
 
 // SetRacyWindow changes how long a module file must be left alone before a
 // Load remembers its hash, and returns a function that restores it.
 func SetRacyWindow(d time.Duration) (restore func()) {
-	old := racyWindow
-	racyWindow = d
-	return func() { racyWindow = old }
+	old := filehash.RacyWindow
+	filehash.RacyWindow = d
+	return func() { filehash.RacyWindow = old }
 }
 
 // Reads returns how many times r read a module's bytes.

@@ -9,8 +9,9 @@
 // also written to an on-disk compilation cache, so the next process that
 // loads the same module skips the compiler. Load then instantiates the
 // module once to check its ABI version and read its Info. A module file
-// that a Load of this runtime verified before and that has not changed since
-// (same inode, size, mtime and ctime, on Linux) is not read and hashed again.
+// this process hashed before and that has not changed since (same inode,
+// size, mtime and ctime, on Linux; internal/filehash) is not read and hashed
+// again while its compiled module is in memory.
 // Load's instance is kept warm: a [guest.Instance.Run] takes a warm instance
 // of its module (or instantiates one: new linear memory, _initialize),
 // makes one casparian_process call, and after a success gives the instance
@@ -19,13 +20,14 @@
 // runs take separate instances, so an Instance runs any number of inputs at
 // once.
 //
-// For a 15 MB Go module (arrow-go's IPC writer makes most of it) on a 2-core
-// VM: compiling takes about 9-15 s, a Load from the disk cache in a new
-// process about 0.3 s (half of it wazero validating the module's code, which
-// it does before looking in its cache), a Load from memory microseconds, a
-// run that emits nothing on a warm instance about 0.2 ms, and on a new one
-// about 18 ms (three quarters of it wazero evaluating the initializers of the
-// module's function table and data segments; the rest mostly Go's runtime
+// For a 10 MB Go module (bench/guestbench/plugin built with -tags
+// arrow_json_stdlib; 15 MB without the tag) on a 2-core VM: compiling takes
+// about 4 s, a Load from the disk cache in a new process about 0.15-0.2 s
+// (half of it wazero validating the module's code, which it does before
+// looking in its cache), a Load from memory microseconds, a run that emits
+// nothing on a warm instance about 0.2 ms, and on a new one about 17 ms
+// (three quarters of it wazero evaluating the initializers of the module's
+// function table and data segments; the rest mostly Go's runtime
 // initialization).
 //
 // # Sandbox
@@ -104,6 +106,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/filehash"
 	abi "github.com/casparianflow/casparian/sdk/wasm"
 )
 
@@ -198,10 +201,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// racyWindow is how long a module file must have been left alone before a
-// Load remembers its hash.
-var racyWindow = 2 * time.Second
-
 // Runtime runs WASM plugins. It is safe for concurrent use.
 type Runtime struct {
 	cfg   Config
@@ -211,10 +210,8 @@ type Runtime struct {
 	mu      sync.Mutex
 	closed  bool
 	modules map[string]*module // by SHA-256 hex
-	// verified remembers the SHA-256 of module files read before.
-	verified map[fileKey]string
-	reads    int    // module files read, for tests
-	tick     uint64 // load counter, for least-recently-loaded eviction
+	reads   int                // module files read, for tests
+	tick    uint64             // load counter, for least-recently-loaded eviction
 }
 
 var _ guest.Runtime = (*Runtime)(nil)
@@ -286,7 +283,7 @@ func New(cfg Config) (*Runtime, error) {
 		WithCloseOnContextDone(true).
 		WithMemoryLimitPages(cfg.MemoryLimitPages).
 		WithCoreFeatures(api.CoreFeaturesV2)
-	r := &Runtime{cfg: cfg, modules: map[string]*module{}, verified: map[fileKey]string{}}
+	r := &Runtime{cfg: cfg, modules: map[string]*module{}}
 	if !cfg.NoDiskCache {
 		if cfg.CacheDir == "" {
 			if d, err := os.UserCacheDir(); err == nil {
@@ -356,21 +353,21 @@ func (r *Runtime) Load(ctx context.Context, p guest.Plugin) (guest.Instance, err
 	if r.isClosed() {
 		return nil, guest.Errorf(guest.ErrPlugin, "wasm guest is closed")
 	}
-	// A module file this runtime has read and compiled before, unchanged
-	// since (same identity, size, mtime and ctime), is not read and hashed
-	// again: that is 15-60 ms for a 15 MB Go module.
-	var key fileKey
-	var haveKey bool
+	// A module file hashed before and unchanged since (same identity,
+	// size, mtime and ctime: internal/filehash) whose compiled module is in
+	// memory is not read and hashed again: that is 10-60 ms for a 10 MB Go
+	// module.
+	var key filehash.Key
 	var hash string
 	if p.Source == nil && p.Path != "" {
-		key, haveKey = statFile(p.Path)
-	}
-	if haveKey {
-		r.mu.Lock()
-		if h, ok := r.verified[key]; ok && r.modules[h] != nil {
-			hash = h
+		key = filehash.Stat(p.Path)
+		if h, ok := key.Lookup(); ok {
+			r.mu.Lock()
+			if r.modules[h] != nil {
+				hash = h
+			}
+			r.mu.Unlock()
 		}
-		r.mu.Unlock()
 	}
 	var bin []byte
 	if hash == "" {
@@ -391,8 +388,7 @@ func (r *Runtime) Load(ctx context.Context, p guest.Plugin) (guest.Instance, err
 	}
 
 	r.mu.Lock()
-	if bin == nil && r.modules[hash] == nil { // evicted since the lookup above
-		delete(r.verified, key)
+	if bin == nil && r.modules[hash] == nil { // evicted since the lookup above: read it
 		r.mu.Unlock()
 		return r.Load(ctx, p)
 	}
@@ -405,20 +401,14 @@ func (r *Runtime) Load(ctx context.Context, p guest.Plugin) (guest.Instance, err
 		m = &module{hash: hash, ready: make(chan struct{}), size: len(bin)}
 		r.modules[hash] = m
 	}
-	// A file changed less than racyWindow ago is not remembered: a second
-	// write within its timestamp granularity would go unnoticed (git's
-	// "racily clean" problem).
-	if haveKey && bin != nil && time.Since(time.Unix(0, key.ctime)) > racyWindow {
-		if len(r.verified) >= 4*r.cfg.MaxModules {
-			clear(r.verified)
-		}
-		r.verified[key] = hash
-	}
 	m.refs++ // keeps m from eviction while it compiles and while the Instance lives
 	r.tick++
 	m.lastLoad = r.tick
 	r.mu.Unlock()
 
+	if bin != nil {
+		key.Remember(hash) // unless the file changed in the last 2 s or since Stat
+	}
 	if !found {
 		start := time.Now()
 		m.err = r.compile(ctx, m, bin, p)

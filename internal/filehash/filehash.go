@@ -36,35 +36,62 @@ var (
 
 // Sum returns the hex SHA-256 of the file at path.
 func Sum(path string) (string, error) {
+	k := Stat(path)
+	if sum, ok := k.Lookup(); ok {
+		return sum, nil
+	}
+	sum, err := hashFile(path)
+	if err != nil {
+		return "", err
+	}
+	k.Remember(sum)
+	return sum, nil
+}
+
+// Key identifies one version of a file, as Stat saw it.
+type Key struct {
+	k  key
+	ok bool
+}
+
+// Stat returns the key of the file at path as it is now. A file that
+// cannot be identified (missing, not regular, no stat data) has a key that
+// never matches.
+func Stat(path string) Key {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return "", err
+		return Key{}
 	}
 	k, ok := statKey(abs)
-	if ok {
-		mu.Lock()
-		sum, hit := known[k]
-		mu.Unlock()
-		if hit {
-			return sum, nil
-		}
+	return Key{k: k, ok: ok}
+}
+
+// Lookup returns the digest remembered for this version of the file.
+func (k Key) Lookup() (string, bool) {
+	if !k.ok {
+		return "", false
 	}
-	sum, err := hashFile(abs)
-	if err != nil {
-		return "", err
+	mu.Lock()
+	defer mu.Unlock()
+	sum, ok := known[k.k]
+	return sum, ok
+}
+
+// Remember records sum, the digest of the bytes read after Stat returned
+// k, unless the file changed within RacyWindow or has changed since k.
+func (k Key) Remember(sum string) {
+	if !k.ok || time.Since(time.Unix(0, k.k.ctime)) <= RacyWindow {
+		return
 	}
-	if ok && time.Since(time.Unix(0, k.ctime)) > RacyWindow {
-		// Remember it only if the file did not change while it was read.
-		if k2, ok2 := statKey(abs); ok2 && k2 == k {
-			mu.Lock()
-			if len(known) >= maxEntries {
-				clear(known)
-			}
-			known[k] = sum
-			mu.Unlock()
-		}
+	if now, ok := statKey(k.k.path); !ok || now != k.k {
+		return
 	}
-	return sum, nil
+	mu.Lock()
+	defer mu.Unlock()
+	if len(known) >= maxEntries {
+		clear(known)
+	}
+	known[k.k] = sum
 }
 
 // Reads returns how many files Sum read and hashed so far.
