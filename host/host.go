@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/host/sink"
+	"github.com/casparianflow/casparian/internal/filehash"
 )
 
 // Version is the product version written into provenance metadata.
@@ -187,7 +187,7 @@ func (h *Host) run(ctx context.Context, job Job, rc *Receipt) error {
 		return &guest.Error{Kind: guest.ErrInput, ExitCode: -1, Message: fmt.Sprintf("input %s is not a regular file", input)}
 	}
 	if job.InputHash == "" {
-		if job.InputHash, err = hashFile(input); err != nil {
+		if job.InputHash, err = filehash.File(input); err != nil {
 			return &guest.Error{Kind: guest.ErrInput, ExitCode: -1, Message: fmt.Sprintf("read input %s: %v", input, err), Err: err}
 		}
 	}
@@ -198,7 +198,7 @@ func (h *Host) run(ctx context.Context, job Job, rc *Receipt) error {
 			sum := sha256.Sum256(job.Plugin.Source)
 			job.Plugin.Hash = hex.EncodeToString(sum[:])
 		case job.Plugin.Path != "":
-			if job.Plugin.Hash, err = hashFile(job.Plugin.Path); err != nil {
+			if job.Plugin.Hash, err = filehash.Sum(job.Plugin.Path); err != nil {
 				return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Message: fmt.Sprintf("read plugin %s: %v", job.Plugin.Path, err),
 					Hint: "check the plugin path", Err: err}
 			}
@@ -237,19 +237,6 @@ func (h *Host) run(ctx context.Context, job Job, rc *Receipt) error {
 		rc.Rows[a.Topic] += a.Rows
 	}
 	return nil
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // jobOutput routes a job's batches to one sink writer per topic.

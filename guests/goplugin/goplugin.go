@@ -43,7 +43,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -56,6 +55,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/filehash"
 	sdkgp "github.com/casparianflow/casparian/sdk/goplugin"
 )
 
@@ -321,7 +321,7 @@ func (r *Runtime) artifact(p guest.Plugin) (path, hash string, err error) {
 			Hint:    "build the plugin with `go build` (its main calls serve.Main) and make it executable"}
 	}
 	if p.Hash == "" {
-		if p.Hash, err = hashFile(path); err != nil {
+		if p.Hash, err = filehash.File(path); err != nil {
 			return "", "", &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Err: err, Message: fmt.Sprintf("read plugin %s: %v", path, err)}
 		}
 	}
@@ -335,19 +335,6 @@ func checksumError(name, want, got string) *guest.Error {
 	}
 	return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1, Message: msg,
 		Hint: "the binary changed since it was published: publish it again, or restore the published build"}
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // instance is a loaded plugin. Its processes belong to the runtime's pool.

@@ -22,7 +22,6 @@ package manifest
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
@@ -204,16 +203,5 @@ func (m *Manifest) Verify() error {
 	return nil
 }
 
-// HashFile returns the hex SHA-256 of a file.
-func HashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
+// HashFile returns the hex SHA-256 of a file, read now.
+func HashFile(path string) (string, error) { return filehash.File(path) }

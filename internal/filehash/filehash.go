@@ -105,6 +105,12 @@ func hashFile(path string) (string, error) {
 	mu.Lock()
 	reads++
 	mu.Unlock()
+	return File(path)
+}
+
+// File returns the hex SHA-256 of the file at path, read now (nothing is
+// remembered).
+func File(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
