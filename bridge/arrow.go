@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
@@ -22,6 +23,11 @@ type validator interface{ ValidateFull() error }
 // keep it). The stream is untrusted: sizes are capped by limit (the frame
 // length), every array is validated, and a panic inside the Arrow reader is
 // turned into ErrInvalidArrow. The body is read to its end.
+//
+// A stream that holds a schema and no record batch (what the Python SDK
+// sends for an empty table) stands for a batch of zero rows: fn gets one,
+// with the stream's schema, so an empty result still reaches its topic with
+// its columns.
 func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.RecordBatch) error) (n int, err error) {
 	if mem == nil {
 		mem = memory.DefaultAllocator
@@ -50,7 +56,25 @@ func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.Re
 	if err := rdr.Err(); err != nil && err != io.EOF {
 		return n, fmt.Errorf("%w: %v", ErrInvalidArrow, err)
 	}
+	if n == 0 {
+		empty := emptyRecord(mem, rdr.Schema())
+		defer empty.Release()
+		n++
+		if err := fn(empty); err != nil {
+			return n, err
+		}
+	}
 	return n, nil
+}
+
+// emptyRecord returns a zero-row batch of schema.
+func emptyRecord(mem memory.Allocator, schema *arrow.Schema) arrow.RecordBatch {
+	cols := make([]arrow.Array, schema.NumFields())
+	for i, f := range schema.Fields() {
+		cols[i] = array.MakeArrayOfNull(mem, f.Type, 0)
+		defer cols[i].Release()
+	}
+	return array.NewRecordBatch(schema, cols, 0)
 }
 
 // ValidateRecord checks every column of an untrusted record (offsets, lengths).
