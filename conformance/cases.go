@@ -371,12 +371,25 @@ func caseCancel(e *env) error {
 		}
 		return nil
 	}
-	err := e.bounded(ctx, 0, func(ctx context.Context) error {
-		return e.inst.Run(ctx, guest.Input{JobID: 1, Path: e.input, Config: mode("stream")}, rec)
-	})
-	var stuck *stuckError
-	if errors.As(err, &stuck) {
-		return err
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- e.inst.Run(ctx, guest.Input{JobID: 1, Path: e.input, Config: mode("stream")}, rec) }()
+	var err error
+	for waiting := true; waiting; {
+		select {
+		case err = <-done:
+			waiting = false
+		case <-time.After(20 * time.Millisecond):
+			mu.Lock()
+			at := cancelledAt
+			mu.Unlock()
+			if !at.IsZero() && time.Since(at) > e.opts.Grace {
+				return &stuckError{limit: e.opts.Grace, after: "the cancellation"}
+			}
+			if at.IsZero() && time.Since(start) > 2*time.Minute {
+				return errors.New("the streaming plugin emitted fewer than 3 batches in 2 minutes")
+			}
+		}
 	}
 	if _, kerr := wantKind(err, "a cancelled run", guest.ErrCancelled); kerr != nil {
 		return kerr

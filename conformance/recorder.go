@@ -21,6 +21,7 @@ type Recorder struct {
 	order    []string
 	logs     []guest.LogRecord
 	schemas  map[string]*arrow.Schema
+	released bool
 	EmitHook func(topic string, rec arrow.RecordBatch) error
 }
 
@@ -40,6 +41,10 @@ func (r *Recorder) Emit(_ context.Context, topic string, rec arrow.RecordBatch) 
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.released {
+		// A run the suite gave up on (it did not stop in time) emits on.
+		return guest.Errorf(guest.ErrCancelled, "the conformance suite stopped recording this run")
+	}
 	if s, ok := r.schemas[topic]; ok && !s.Equal(rec.Schema()) {
 		return guest.Errorf(guest.ErrSchema, "topic %q: batch schema %s differs from the topic's schema %s",
 			topic, oneLine(rec.Schema()), oneLine(s))
@@ -103,10 +108,11 @@ func (r *Recorder) Logs() []guest.LogRecord {
 	return append([]guest.LogRecord(nil), r.logs...)
 }
 
-// Release releases every batch kept.
+// Release releases every batch kept; later Emits are refused.
 func (r *Recorder) Release() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.released = true
 	for _, bs := range r.batches {
 		for _, b := range bs {
 			b.Release()

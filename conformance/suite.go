@@ -254,10 +254,17 @@ func (e *env) bounded(ctx context.Context, timeout time.Duration, fn func(contex
 }
 
 // stuckError is a Run that did not return in time.
-type stuckError struct{ limit time.Duration }
+type stuckError struct {
+	limit time.Duration
+	after string // "" or what the limit counts from
+}
 
 func (s *stuckError) Error() string {
-	return fmt.Sprintf("Run did not return within %s: the guest must stop the plugin at the deadline or on cancellation, whatever the plugin does", s.limit)
+	after := ""
+	if s.after != "" {
+		after = " of " + s.after
+	}
+	return fmt.Sprintf("Run did not return within %s%s: the guest must stop the plugin at the deadline or on cancellation, whatever the plugin does", s.limit, after)
 }
 
 // mode is the config of a reference-plugin mode.
