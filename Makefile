@@ -4,7 +4,7 @@
 #   make bench   Parquet sink and Python bridge vs pyarrow, dispatch latency, side by side
 #   make fuzz    the decoders' fuzz targets, briefly
 #   make lint    gofmt + go vet + staticcheck (pinned)
-#   make build   bin/casparian (static, CGO_ENABLED=0)
+#   make build   bin/casparian (static, CGO_ENABLED=0) and the conformance reference plugins
 #   make clean   remove build and demo outputs (make distclean also removes .venv)
 
 SHELL      := /bin/bash
@@ -32,8 +32,12 @@ $(VENV)/.stamp: requirements-dev.txt sdk/python/pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e sdk/python
 	@touch $@
 
+# bin/conformance/ holds the reference plugins `casparian conformance` finds
+# next to the binary (one source, as a go-plugin executable and a WASM module).
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN) ./cmd/casparian
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/conformance/refplugin ./conformance/refplugin
+	GOOS=wasip1 GOARCH=wasm $(GO) build -trimpath -tags arrow_json_stdlib -buildmode=c-shared -o bin/conformance/refplugin.wasm ./conformance/refplugin
 
 test: venv test-go test-python
 

@@ -3,6 +3,7 @@
 //	casparian run --plugin PLUGIN --output DIR [--jobs N] INPUT...
 //	casparian start | sentinel | worker     the daemons
 //	casparian enqueue | jobs | workers      operator commands on the queue
+//	casparian conformance --guest KIND      certify a guest kind
 //	casparian version
 //
 // main is the only place that wires guest runtimes to the host.
@@ -35,6 +36,9 @@ Usage:
       Add jobs to the queue (registering the files and the plugin).
   casparian jobs | casparian workers
       Print the job queue, or the workers the sentinel knows.
+  casparian conformance --guest python|goplugin|wasm|all [--only CASE,...]
+      Certify a guest kind: run the conformance suite against its reference
+      plugin; print a table and write conformance-KIND.json. --list shows the cases.
   casparian version
       Print the version.
 
@@ -67,6 +71,8 @@ func realMain(args []string) int {
 		return cmdJobs(ctx, args[1:], os.Stdout, os.Stderr)
 	case "workers":
 		return cmdWorkers(ctx, args[1:], os.Stdout, os.Stderr)
+	case "conformance":
+		return cmdConformance(ctx, args[1:], os.Stdout, os.Stderr)
 	case "version", "--version", "-v":
 		fmt.Println("casparian", host.Version)
 		return 0
