@@ -562,7 +562,7 @@ func caseCloseTwice(e *env) error {
 	}
 	if inst2, err := rt.Load(e.ctx, e.plugin); err == nil {
 		inst2.Close(context.Background())
-		return errors.New("Load after Close succeeded")
+		return errors.New("a Load after Runtime.Close succeeded; it must fail")
 	}
 	return nil
 }
