@@ -178,6 +178,10 @@ var addedColumns = []struct{ table, column, decl string }{
 	{"cf_worker_node", "busy_slots", "INTEGER"},
 	{"cf_worker_node", "active_job_ids", "TEXT"},
 	{"cf_worker_node", "status_reason", "TEXT"},
+	// The plugin artifact (manifest artifact_hash, else source_hash) a
+	// routed job was created for: a file version gets one job per
+	// (plugin, artifact), never two.
+	{"cf_processing_queue", "artifact_hash", "VARCHAR(64)"},
 }
 
 // postDDL runs after the columns exist.
@@ -189,6 +193,7 @@ var postDDL = []string{
 	`CREATE INDEX IF NOT EXISTS ix_queue_lease ON cf_processing_queue (status, lease_expires_at)`,
 	`CREATE INDEX IF NOT EXISTS ix_queue_owner ON cf_processing_queue (lease_owner)`,
 	`CREATE INDEX IF NOT EXISTS ix_worker_node_worker_id ON cf_worker_node (worker_id)`,
+	`CREATE INDEX IF NOT EXISTS ix_queue_routed ON cf_processing_queue (file_version_id, plugin_name, artifact_hash)`,
 }
 
 // migrate runs its one-off statements unprepared (tx.Tx), outside the
