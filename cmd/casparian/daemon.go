@@ -20,6 +20,7 @@ import (
 	"github.com/casparianflow/casparian/host/sink"
 	"github.com/casparianflow/casparian/internal/obs"
 	"github.com/casparianflow/casparian/sentinel"
+	"github.com/casparianflow/casparian/sentinel/scan"
 	"github.com/casparianflow/casparian/sentinel/store"
 	"github.com/casparianflow/casparian/worker"
 )
@@ -39,6 +40,7 @@ type sentinelFlags struct {
 	database                         *string
 	lease, hbTimeout, cleanup, probe time.Duration
 	poll                             time.Duration
+	scanInterval                     time.Duration
 }
 
 func (f *sentinelFlags) register(fs *flag.FlagSet) {
@@ -48,6 +50,16 @@ func (f *sentinelFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cleanup, "cleanup-interval", sentinel.DefaultCleanupInterval, "how often silent workers and expired leases are checked")
 	fs.DurationVar(&f.probe, "probe-interval", sentinel.DefaultProbeInterval, "how often workers are probed")
 	fs.DurationVar(&f.poll, "poll-interval", sentinel.DefaultPollInterval, "how often the queue is checked for jobs added by other processes")
+	fs.DurationVar(&f.scanInterval, "scan-interval", 0, "rescan the source roots this often, queueing jobs for new and changed files (0: never; see casparian source add)")
+}
+
+// startScanner runs the periodic scan of the source roots, if enabled.
+func (f *sentinelFlags) startScanner(ctx context.Context, st *store.Store, s *sentinel.Sentinel, log *slog.Logger) {
+	if f.scanInterval <= 0 {
+		return
+	}
+	log.Info("scanning the source roots", "interval", f.scanInterval)
+	go scan.Loop(ctx, st, f.scanInterval, scan.Options{Logger: log}, s.Wake)
 }
 
 func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger, reg prometheus.Registerer) sentinel.Config {
@@ -245,6 +257,7 @@ func cmdSentinel(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 1
 	}
 	defer secondSignalExits(ctx, d.log)()
+	sf.startScanner(ctx, st, s, d.log)
 	if err := s.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
 		return 1
@@ -361,6 +374,7 @@ func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer stopWorker()
 	serr := make(chan error, 1)
 	go func() { serr <- s.Run(sctx) }()
+	sf.startScanner(wctx, st, s, d.log.With("component", "scanner"))
 	select {
 	case <-s.Ready():
 	case err := <-serr:

@@ -3,6 +3,7 @@
 //	casparian run --plugin PLUGIN --output DIR [--jobs N] INPUT...
 //	casparian start | sentinel | worker     the daemons
 //	casparian enqueue | jobs | workers      operator commands on the queue
+//	casparian source | ignore | route | subscribe | scan | files   files to jobs
 //	casparian conformance --guest KIND      certify a guest kind
 //	casparian version
 //
@@ -36,6 +37,12 @@ Usage:
       Add jobs to the queue (registering the files and the plugin).
   casparian jobs | casparian workers
       Print the job queue, or the workers the sentinel knows.
+  casparian source add PATH... | casparian source list | casparian ignore PATTERN...
+      Watch directory trees (gitignore-style exclusions).
+  casparian route add GLOB TAG | casparian route list | casparian subscribe PLUGIN TAG...
+      Tag files by path; run a plugin on every new file version with one of its tags.
+  casparian scan | casparian files
+      Scan the source roots now (the sentinel does it every --scan-interval); list the files.
   casparian conformance --guest python|goplugin|wasm|all [--only CASE,...]
       Certify a guest kind: run the conformance suite against its reference
       plugin; print a table and write conformance-KIND.json. --list shows the cases.
@@ -73,6 +80,18 @@ func realMain(args []string) int {
 		return cmdWorkers(ctx, args[1:], os.Stdout, os.Stderr)
 	case "conformance":
 		return cmdConformance(ctx, args[1:], os.Stdout, os.Stderr)
+	case "source":
+		return cmdSource(ctx, args[1:], os.Stdout, os.Stderr)
+	case "ignore":
+		return cmdIgnore(ctx, args[1:], os.Stdout, os.Stderr)
+	case "route":
+		return cmdRoute(ctx, args[1:], os.Stdout, os.Stderr)
+	case "subscribe":
+		return cmdSubscribe(ctx, args[1:], os.Stdout, os.Stderr)
+	case "scan":
+		return cmdScan(ctx, args[1:], os.Stdout, os.Stderr)
+	case "files":
+		return cmdFiles(ctx, args[1:], os.Stdout, os.Stderr)
 	case "version", "--version", "-v":
 		fmt.Println("casparian", host.Version)
 		return 0
