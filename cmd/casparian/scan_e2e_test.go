@@ -62,7 +62,7 @@ func TestScanDrivenPipeline(t *testing.T) {
 
 	c.startSentinel("--scan-interval", "500ms")
 	c.startWorker("w1", c.tcp)
-	c.waitDone(2, 2*time.Minute) // a.csv and sub/b.csv
+	c.waitDone(2, 2*time.Minute)        // a.csv and sub/b.csv
 	time.Sleep(1500 * time.Millisecond) // three more scans: nothing new
 	if m := c.counts(); total(m) != 2 {
 		t.Fatalf("after unchanged rescans: %v, want exactly 2 jobs", m)
