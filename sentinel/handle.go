@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/casparianflow/casparian/host/manifest"
+	"github.com/casparianflow/casparian/internal/signing"
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/sentinel/store"
 )
@@ -382,6 +386,29 @@ func (s *Sentinel) deploy(ctx context.Context, r *routerSock, identity []byte, p
 		fail(fmt.Sprintf("env_hash %q does not match sha256(lockfile_content) = %s", envHash, want))
 		return
 	}
+	if manifest.IsManifest(p.SourceCode) {
+		// A binary plugin: its manifest must be valid, and its artifact, when
+		// this host can see it, must match the SHA-256 the manifest names.
+		m, err := manifest.Parse([]byte(p.SourceCode))
+		if err != nil {
+			fail("manifest: " + err.Error())
+			return
+		}
+		if m.SHA256 == "" {
+			fail("the manifest has no sha256 of its artifact")
+			return
+		}
+		if _, err := os.Stat(m.Artifact); err == nil {
+			if err := m.Verify(); err != nil {
+				fail(err.Error())
+				return
+			}
+		}
+	}
+	publisher, ok := s.checkPublisher(ctx, p, fail)
+	if !ok {
+		return
+	}
 	id, err := s.st.AddPlugin(ctx, store.PluginSpec{Name: p.PluginName, Version: p.Version, SourceCode: p.SourceCode,
 		EnvHash: envHash, ArtifactHash: strings.ToLower(p.ArtifactHash)})
 	if err != nil {
@@ -389,13 +416,117 @@ func (s *Sentinel) deploy(ctx context.Context, r *routerSock, identity []byte, p
 		fail(err.Error())
 		return
 	}
+	wired, err := s.wire(ctx, p)
+	if err != nil {
+		s.metrics.DBErrors.Inc()
+		fail("stored as manifest " + strconv.FormatInt(id, 10) + ", but wiring its routes failed: " + err.Error())
+		return
+	}
 	s.forgetPlugins()
 	s.metrics.Deploys.WithLabelValues("ok").Inc()
-	s.log.Info("plugin deployed", "plugin", p.PluginName, "version", p.Version, "manifest_id", id, "publisher", p.PublisherName)
-	m, _ := protocol.NewMessage(protocol.OpAck, 0, protocol.DeployResponse{Success: true,
-		Message: fmt.Sprintf("deployed %s %s as manifest %d (ACTIVE)", p.PluginName, p.Version, id), PluginID: &id})
+	s.log.Info("plugin deployed", "plugin", p.PluginName, "version", p.Version, "manifest_id", id, "publisher", publisher)
+	msg := fmt.Sprintf("deployed %s %s as manifest %d (ACTIVE)", p.PluginName, p.Version, id)
+	if wired != "" {
+		msg += "; " + wired
+	}
+	m, _ := protocol.NewMessage(protocol.OpAck, 0, protocol.DeployResponse{Success: true, Message: msg, PluginID: &id})
 	s.sendTo(r, identity, m)
 	s.Wake()
+}
+
+// checkPublisher verifies p's signature and that its key is trusted (or
+// trusts it on first use). It returns the publisher's name.
+func (s *Sentinel) checkPublisher(ctx context.Context, p *protocol.DeployCommand, fail func(string)) (string, bool) {
+	pub, err := signing.Verify(p)
+	switch {
+	case errors.Is(err, signing.ErrUnsigned):
+		if s.cfg.AllowUnsigned {
+			return p.PublisherName + " (unsigned)", true
+		}
+		fail("the DEPLOY is not signed: publish with `casparian publish` and a key from `casparian keys generate` " +
+			"(or start the sentinel with --allow-unsigned-deploys)")
+		return "", false
+	case err != nil:
+		who := "an unparsable key"
+		if pub != nil {
+			who = "key " + signing.Fingerprint(pub)
+		}
+		fail(fmt.Sprintf("bad signature (%s, publisher %q): %v; the DEPLOY was altered after it was signed, or signed with another key",
+			who, p.PublisherName, err))
+		return "", false
+	}
+	fp := signing.Fingerprint(pub)
+	pr, known, err := s.st.TrustedPublisher(ctx, p.PublicKey)
+	if err != nil {
+		s.metrics.DBErrors.Inc()
+		fail(err.Error())
+		return "", false
+	}
+	if !known {
+		if !s.cfg.TrustOnFirstUse {
+			fail(fmt.Sprintf("unknown publisher key %s (publisher %q): trust it first with `casparian keys trust --name %s PUBLIC_KEY` "+
+				"on the sentinel's database (or run the sentinel with --trust-on-first-use)", fp, p.PublisherName, orUnnamed(p.PublisherName)))
+			return "", false
+		}
+		id, err := s.st.TrustPublisher(ctx, orUnnamed(p.PublisherName), p.PublisherEmail, p.PublicKey)
+		if err != nil {
+			s.metrics.DBErrors.Inc()
+			fail(err.Error())
+			return "", false
+		}
+		s.log.Warn("trusting a new publisher key on first use", "publisher", p.PublisherName, "key", fp, "publisher_id", id)
+		pr = store.Publisher{ID: id, Name: orUnnamed(p.PublisherName)}
+	}
+	_ = s.st.TouchPublisher(ctx, pr.ID)
+	return pr.Name + " (" + fp + ")", true
+}
+
+func orUnnamed(s string) string {
+	if s == "" {
+		return "unnamed"
+	}
+	return s
+}
+
+// wire records a DEPLOY's routing: its pattern as the rule pattern →
+// auto_<plugin>, the plugin's subscriptions, and its sinks (topics already
+// configured keep their URI). It describes what it added.
+func (s *Sentinel) wire(ctx context.Context, p *protocol.DeployCommand) (string, error) {
+	var tags, done []string
+	if p.Pattern != "" {
+		tag := "auto_" + p.PluginName
+		if len(tag) > 50 {
+			tag = tag[:50]
+		}
+		if err := s.st.EnsureRoute(ctx, p.Pattern, tag); err != nil {
+			return "", err
+		}
+		tags = append(tags, tag)
+		done = append(done, fmt.Sprintf("files matching %s are tagged %s", p.Pattern, tag))
+	}
+	tags = append(tags, p.Subscriptions...)
+	if len(tags) > 0 {
+		if err := s.st.Subscribe(ctx, p.PluginName, tags); err != nil {
+			return "", err
+		}
+		done = append(done, "subscribed to "+strings.Join(tags, ","))
+	}
+	if len(p.Sinks) > 0 {
+		have, err := s.st.ConfiguredSinks(ctx, p.PluginName)
+		if err != nil {
+			return "", err
+		}
+		for _, k := range p.Sinks {
+			if slices.ContainsFunc(have, func(h store.Sink) bool { return h.Topic == k.Topic }) {
+				continue
+			}
+			if err := s.st.AddSink(ctx, p.PluginName, store.Sink{Topic: k.Topic, URI: k.URI}); err != nil {
+				return "", err
+			}
+			done = append(done, fmt.Sprintf("topic %s -> %s", k.Topic, k.URI))
+		}
+	}
+	return strings.Join(done, "; "), nil
 }
 
 func validPluginName(n string) bool {

@@ -49,6 +49,7 @@ func testConfig() Config {
 		ProbeInterval:    time.Second,
 		Lease:            time.Minute,
 		PollInterval:     50 * time.Millisecond,
+		AllowUnsigned:    true, // deploy_test.go checks signing with it off
 	}
 }
 

@@ -74,6 +74,13 @@ type Config struct {
 	// SendQueue bounds the messages waiting to be sent to one worker; a
 	// worker whose queue is full is evicted. Default 1024.
 	SendQueue int
+	// TrustOnFirstUse adds the key of a correctly signed DEPLOY from an
+	// unknown publisher to the allow-list (cf_publisher) instead of refusing
+	// it. Default false: only keys added with `casparian keys trust` publish.
+	TrustOnFirstUse bool
+	// AllowUnsigned accepts DEPLOYs without a signature (the original's
+	// publisher never signed). Default false.
+	AllowUnsigned bool
 	// MaxPayload caps incoming payloads. Default protocol.DefaultMaxPayload.
 	MaxPayload uint32
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 )
 
 // The JSON payloads of §2.4 of the original system. Field names are the
@@ -257,6 +258,44 @@ type DeployCommand struct {
 	AzureOID        string `json:"azure_oid,omitempty"`
 	// SystemRequirements is left out when empty.
 	SystemRequirements []string `json:"system_requirements,omitempty"`
+
+	// Extensions (casparian publish). PublicKey is the publisher's Ed25519
+	// public key (hex) that Signature verifies with, over SigningBytes.
+	PublicKey string `json:"public_key,omitempty"`
+	// Pattern is a routing glob: files matching it get the tag
+	// "auto_<plugin_name>", to which the plugin is subscribed.
+	Pattern string `json:"pattern,omitempty"`
+	// Subscriptions are more tags the plugin subscribes to.
+	Subscriptions []string `json:"subscriptions,omitempty"`
+	// Sinks maps output topics to sink URIs.
+	Sinks []DeploySink `json:"sinks,omitempty"`
+}
+
+// DeploySink is one topic → sink URI of a DEPLOY.
+type DeploySink struct {
+	Topic string `json:"topic"`
+	URI   string `json:"uri"`
+}
+
+// SigningBytes is what a DEPLOY's Signature signs: every field that decides
+// what runs and where its output goes, each followed by a NUL byte, after a
+// domain prefix. The artifact hash covers the source (for a binary plugin,
+// its manifest, which holds the binary's SHA-256) and the lockfile.
+func (d *DeployCommand) SigningBytes() []byte {
+	var b []byte
+	add := func(s string) { b = append(append(b, s...), 0) }
+	add("casparian-deploy-v1")
+	add(d.PluginName)
+	add(d.Version)
+	add(strings.ToLower(d.ArtifactHash))
+	add(strings.ToLower(d.EnvHash))
+	add(d.PublisherName)
+	add(d.Pattern)
+	add(strings.Join(d.Subscriptions, ","))
+	for _, k := range d.Sinks {
+		add(k.Topic + "=" + k.URI)
+	}
+	return b
 }
 
 // DeployResponse is the ACK payload (S → publisher CLI).

@@ -182,6 +182,8 @@ var addedColumns = []struct{ table, column, decl string }{
 	// routed job was created for: a file version gets one job per
 	// (plugin, artifact), never two.
 	{"cf_processing_queue", "artifact_hash", "VARCHAR(64)"},
+	// Publisher keys (casparian keys trust): Ed25519 public key, hex.
+	{"cf_publisher", "public_key", "VARCHAR(64)"},
 }
 
 // postDDL runs after the columns exist.
@@ -194,6 +196,7 @@ var postDDL = []string{
 	`CREATE INDEX IF NOT EXISTS ix_queue_owner ON cf_processing_queue (lease_owner)`,
 	`CREATE INDEX IF NOT EXISTS ix_worker_node_worker_id ON cf_worker_node (worker_id)`,
 	`CREATE INDEX IF NOT EXISTS ix_queue_routed ON cf_processing_queue (file_version_id, plugin_name, artifact_hash)`,
+	`CREATE UNIQUE INDEX IF NOT EXISTS ux_publisher_key ON cf_publisher (public_key)`,
 }
 
 // migrate runs its one-off statements unprepared (tx.Tx), outside the
