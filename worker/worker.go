@@ -133,9 +133,15 @@ func DispatchPlugin(d *protocol.DispatchCommand) (guest.Plugin, error) {
 	if !filepath.IsAbs(m.Artifact) {
 		return guest.Plugin{}, fmt.Errorf("manifest of %s: artifact path %q must be absolute", d.PluginName, m.Artifact)
 	}
+	// artifact_hash is the binary's SHA-256 (a plugin registered with
+	// casparian enqueue --plugin-file) or, as v4 defines it for a DEPLOY,
+	// sha256(source_code) of the manifest that names the binary's SHA-256.
 	if d.ArtifactHash != "" && m.SHA256 != "" && !strings.EqualFold(d.ArtifactHash, m.SHA256) {
-		return guest.Plugin{}, fmt.Errorf("manifest of %s: sha256 %s differs from the DISPATCH's artifact_hash %s",
-			d.PluginName, m.SHA256, d.ArtifactHash)
+		sum := sha256.Sum256([]byte(d.SourceCode))
+		if !strings.EqualFold(d.ArtifactHash, hex.EncodeToString(sum[:])) {
+			return guest.Plugin{}, fmt.Errorf("manifest of %s: neither its sha256 %s nor its own hash matches the DISPATCH's artifact_hash %s",
+				d.PluginName, m.SHA256, d.ArtifactHash)
+		}
 	}
 	if err := m.Verify(); err != nil {
 		return guest.Plugin{}, fmt.Errorf("plugin %s on this worker: %w", d.PluginName, err)

@@ -41,6 +41,7 @@ type sentinelFlags struct {
 	lease, hbTimeout, cleanup, probe time.Duration
 	poll                             time.Duration
 	scanInterval                     time.Duration
+	tofu, allowUnsigned              bool
 }
 
 func (f *sentinelFlags) register(fs *flag.FlagSet) {
@@ -50,6 +51,8 @@ func (f *sentinelFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cleanup, "cleanup-interval", sentinel.DefaultCleanupInterval, "how often silent workers and expired leases are checked")
 	fs.DurationVar(&f.probe, "probe-interval", sentinel.DefaultProbeInterval, "how often workers are probed")
 	fs.DurationVar(&f.poll, "poll-interval", sentinel.DefaultPollInterval, "how often the queue is checked for jobs added by other processes")
+	fs.BoolVar(&f.tofu, "trust-on-first-use", false, "trust the key of a correctly signed DEPLOY from an unknown publisher (default: only keys added with casparian keys trust)")
+	fs.BoolVar(&f.allowUnsigned, "allow-unsigned-deploys", false, "accept DEPLOYs without a signature (the original system's publisher)")
 	fs.DurationVar(&f.scanInterval, "scan-interval", 0, "rescan the source roots this often, queueing jobs for new and changed files (0: never; see casparian source add)")
 }
 
@@ -64,7 +67,8 @@ func (f *sentinelFlags) startScanner(ctx context.Context, st *store.Store, s *se
 
 func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger, reg prometheus.Registerer) sentinel.Config {
 	return sentinel.Config{Bind: bind, Store: st, Logger: log, Registerer: reg, Lease: f.lease,
-		HeartbeatTimeout: f.hbTimeout, CleanupInterval: f.cleanup, ProbeInterval: f.probe, PollInterval: f.poll}
+		HeartbeatTimeout: f.hbTimeout, CleanupInterval: f.cleanup, ProbeInterval: f.probe, PollInterval: f.poll,
+		TrustOnFirstUse: f.tofu, AllowUnsigned: f.allowUnsigned}
 }
 
 type workerFlags struct {

@@ -4,6 +4,7 @@
 //	casparian start | sentinel | worker     the daemons
 //	casparian enqueue | jobs | workers      operator commands on the queue
 //	casparian source | ignore | route | subscribe | scan | files   files to jobs
+//	casparian keys | publish               signed publishing
 //	casparian conformance --guest KIND      certify a guest kind
 //	casparian version
 //
@@ -43,6 +44,10 @@ Usage:
       Tag files by path; run a plugin on every new file version with one of its tags.
   casparian scan | casparian files
       Scan the source roots now (the sentinel does it every --scan-interval); list the files.
+  casparian keys generate | casparian keys trust --name NAME KEY | casparian keys list
+      Publisher keys (Ed25519): make yours; allow one on the sentinel's database.
+  casparian publish [--connect tcp://HOST:5555] [--pattern GLOB] [--dry-run] PLUGIN
+      Sign and deploy a plugin (.py, go-plugin executable, .wasm or manifest) to the sentinel.
   casparian conformance --guest python|goplugin|wasm|all [--only CASE,...]
       Certify a guest kind: run the conformance suite against its reference
       plugin; print a table and write conformance-KIND.json. --list shows the cases.
@@ -92,6 +97,10 @@ func realMain(args []string) int {
 		return cmdScan(ctx, args[1:], os.Stdout, os.Stderr)
 	case "files":
 		return cmdFiles(ctx, args[1:], os.Stdout, os.Stderr)
+	case "keys":
+		return cmdKeys(ctx, args[1:], os.Stdout, os.Stderr)
+	case "publish":
+		return cmdPublish(ctx, args[1:], os.Stdout, os.Stderr)
 	case "version", "--version", "-v":
 		fmt.Println("casparian", host.Version)
 		return 0

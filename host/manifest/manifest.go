@@ -51,6 +51,19 @@ type Manifest struct {
 	Artifact string   `json:"artifact"`
 	SHA256   string   `json:"sha256,omitempty"`
 	Topics   []string `json:"topics,omitempty"`
+
+	// Publishing (casparian publish): files matching Pattern (a routing
+	// glob) are tagged auto_<name>, which the plugin subscribes to, as it
+	// does to Subscriptions; Sinks send topics to sink URIs.
+	Pattern       string   `json:"pattern,omitempty"`
+	Subscriptions []string `json:"subscriptions,omitempty"`
+	Sinks         []Sink   `json:"sinks,omitempty"`
+}
+
+// Sink sends one topic to a sink URI (parquet://…, sqlite://…).
+type Sink struct {
+	Topic string `json:"topic"`
+	URI   string `json:"uri"`
 }
 
 // Plugin is the guest.Plugin to load.
