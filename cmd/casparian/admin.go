@@ -117,6 +117,7 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	db := databaseFlag(fs)
 	statusFlag := fs.String("status", "", "only jobs in these statuses, comma-separated ("+strings.Join(store.Statuses, ", ")+")")
 	plugin := fs.String("plugin", "", "only jobs of this plugin")
+	file := fs.String("file", "", "only jobs whose input path contains this text")
 	limit := fs.Int("limit", 50, "show at most N jobs, newest first")
 	asJSON := fs.Bool("json", false, "print a JSON array of job objects instead of the table")
 	fs.Usage = func() {
@@ -146,7 +147,7 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer s.Close()
-	jobs, err := s.List(ctx, store.Filter{Statuses: statuses, Plugin: *plugin, Limit: *limit})
+	jobs, err := s.List(ctx, store.Filter{Statuses: statuses, Plugin: *plugin, File: *file, Limit: *limit})
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian jobs: %v\n", err)
 		return 1

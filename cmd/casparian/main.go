@@ -36,8 +36,10 @@ Usage:
       Run jobs the sentinel dispatches (4 at once by default).
   casparian enqueue --plugin NAME [--plugin-file PLUGIN.py] FILE...
       Add jobs to the queue (registering the files and the plugin).
-  casparian jobs | casparian workers
-      Print the job queue, or the workers the sentinel knows.
+  casparian jobs [--file PATH] | casparian workers | casparian plugins
+      Print the job queue, the workers the sentinel knows, or the plugins.
+  casparian requeue JOB_ID... | casparian requeue --all-failed [--plugin NAME]
+      Run FAILED jobs again.
   casparian source add PATH... | casparian source list | casparian ignore PATTERN...
       Watch directory trees (gitignore-style exclusions).
   casparian route add GLOB TAG | casparian route list | casparian subscribe PLUGIN TAG...
@@ -97,6 +99,10 @@ func realMain(args []string) int {
 		return cmdScan(ctx, args[1:], os.Stdout, os.Stderr)
 	case "files":
 		return cmdFiles(ctx, args[1:], os.Stdout, os.Stderr)
+	case "plugins":
+		return cmdPlugins(ctx, args[1:], os.Stdout, os.Stderr)
+	case "requeue":
+		return cmdRequeue(ctx, args[1:], os.Stdout, os.Stderr)
 	case "keys":
 		return cmdKeys(ctx, args[1:], os.Stdout, os.Stderr)
 	case "publish":

@@ -318,3 +318,90 @@ func cmdFiles(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	tw.Flush()
 	return 0
 }
+
+func cmdPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("plugins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	db := databaseFlag(fs)
+	if rc := parseAdminFlags(fs, args); rc >= 0 {
+		return rc
+	}
+	s, err := openExistingStore(ctx, *db)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian plugins: %v\n", err)
+		return 1
+	}
+	defer s.Close()
+	ps, err := s.Plugins(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian plugins: %v\n", err)
+		return 1
+	}
+	if len(ps) == 0 {
+		fmt.Fprintln(stdout, "no plugins; publish one with casparian publish, or casparian enqueue --plugin-file")
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PLUGIN\tACTIVE VERSION\tKIND\tMANIFEST\tVERSIONS\tDEPLOYED\tSUBSCRIBES TO")
+	for _, p := range ps {
+		active, manifest := orDash(p.Version), "-"
+		if p.ManifestID > 0 {
+			manifest = strconv.FormatInt(p.ManifestID, 10)
+		} else {
+			active = "(none: jobs wait)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, active, orDash(p.Kind), manifest, p.Versions,
+			orDash(p.DeployedAt), orDash(p.Subscriptions))
+	}
+	tw.Flush()
+	return 0
+}
+
+func cmdRequeue(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("requeue", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	db := databaseFlag(fs)
+	plugin := fs.String("plugin", "", "only this plugin's FAILED jobs")
+	all := fs.Bool("all-failed", false, "requeue every FAILED job (of --plugin, if given)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: casparian requeue [--database DB] JOB_ID...\n       casparian requeue [--database DB] --all-failed [--plugin NAME]\n\n"+
+			"Run FAILED jobs again: back to QUEUED, retries from zero, the last error kept.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if rc := parseAdminFlags(fs, args); rc >= 0 {
+		return rc
+	}
+	var ids []int64
+	for _, a := range fs.Args() {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || id <= 0 {
+			fmt.Fprintf(stderr, "casparian requeue: %q is not a job id\n", a)
+			return 2
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 && !*all {
+		fs.Usage()
+		return 2
+	}
+	s, err := openExistingStore(ctx, *db)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian requeue: %v\n", err)
+		return 1
+	}
+	defer s.Close()
+	got, err := s.Requeue(ctx, *plugin, ids)
+	if err != nil {
+		fmt.Fprintf(stderr, "casparian requeue: %v\n", err)
+		return 1
+	}
+	if len(got) == 0 {
+		fmt.Fprintln(stdout, "no FAILED job to requeue")
+		return 0
+	}
+	fmt.Fprintf(stdout, "requeued %d job(s): %s\n", len(got), idRange(got))
+	if len(ids) > len(got) {
+		fmt.Fprintf(stderr, "note: %d of the given jobs were not FAILED and were left alone\n", len(ids)-len(got))
+	}
+	return 0
+}

@@ -576,6 +576,9 @@ type Filter struct {
 	Plugin   string   // empty: all
 	BeforeID int64    // only ids below it (paging); zero: no bound
 	Limit    int      // zero: 100
+	// File keeps the jobs whose input path (source root + relative path)
+	// contains it; empty: all.
+	File string
 }
 
 const jobCols = `id, file_version_id, plugin_name, coalesce(status, ''), coalesce(priority, 0),
@@ -623,6 +626,12 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Job, error) {
 		conds = append(conds, "id < ?")
 		args = append(args, f.BeforeID)
 	}
+	if f.File != "" {
+		conds = append(conds, `file_version_id IN (SELECT fv.id FROM cf_file_version fv
+			JOIN cf_file_location fl ON fl.id = fv.location_id JOIN cf_source_root sr ON sr.id = fl.source_root_id
+			WHERE instr(sr.path || '/' || fl.rel_path, ?) > 0)`)
+		args = append(args, f.File)
+	}
 	q := `SELECT ` + jobCols + ` FROM cf_processing_queue`
 	if len(conds) > 0 {
 		q += " WHERE " + strings.Join(conds, " AND ")
@@ -650,4 +659,105 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Job, error) {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}
 	return out, nil
+}
+
+// Requeue puts FAILED jobs back to QUEUED for a fresh run: retries start
+// over from zero and the job is due at once; the last error is kept in
+// last_error. With ids it requeues those (a job that is not FAILED is left
+// alone); without, every FAILED job of plugin ("" = all plugins). It
+// returns the ids requeued.
+func (s *Store) Requeue(ctx context.Context, plugin string, ids []int64) ([]int64, error) {
+	q := `UPDATE cf_processing_queue SET status = 'QUEUED', retry_count = 0, next_attempt_at = NULL,
+		lease_owner = NULL, lease_expires_at = NULL, end_time = NULL,
+		last_error = coalesce(error_message, last_error), error_message = NULL
+		WHERE status = 'FAILED'`
+	var args []any
+	if len(ids) > 0 {
+		q += " AND id IN (?" + strings.Repeat(",?", len(ids)-1) + ")"
+		for _, id := range ids {
+			args = append(args, id)
+		}
+	} else if plugin != "" {
+		q += " AND plugin_name = ?"
+		args = append(args, plugin)
+	}
+	q += " RETURNING id"
+	var out []int64
+	err := s.writeTx(ctx, func(tx *wtx) error {
+		out = out[:0]
+		rows, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			out = append(out, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// PluginRow is one line of `casparian plugins`.
+type PluginRow struct {
+	Name          string
+	Version       string // of the ACTIVE manifest, "" when none
+	ManifestID    int64
+	Kind          string // python, goplugin or wasm
+	Versions      int    // manifests stored
+	DeployedAt    string
+	Subscriptions string
+}
+
+// Plugins lists every plugin with a manifest or a subscription.
+func (s *Store) Plugins(ctx context.Context) ([]PluginRow, error) {
+	rows, err := s.readQuery(ctx, `WITH names AS (SELECT plugin_name FROM cf_plugin_manifest UNION SELECT plugin_name FROM cf_plugin_config)
+		SELECT n.plugin_name,
+			coalesce((SELECT version FROM cf_plugin_manifest m WHERE m.plugin_name = n.plugin_name AND m.status = 'ACTIVE' ORDER BY created_at DESC, id DESC LIMIT 1), ''),
+			coalesce((SELECT id FROM cf_plugin_manifest m WHERE m.plugin_name = n.plugin_name AND m.status = 'ACTIVE' ORDER BY created_at DESC, id DESC LIMIT 1), 0),
+			coalesce((SELECT source_code FROM cf_plugin_manifest m WHERE m.plugin_name = n.plugin_name AND m.status = 'ACTIVE' ORDER BY created_at DESC, id DESC LIMIT 1), ''),
+			(SELECT count(*) FROM cf_plugin_manifest m WHERE m.plugin_name = n.plugin_name),
+			coalesce((SELECT deployed_at FROM cf_plugin_manifest m WHERE m.plugin_name = n.plugin_name AND m.status = 'ACTIVE' ORDER BY created_at DESC, id DESC LIMIT 1), ''),
+			coalesce((SELECT subscription_tags FROM cf_plugin_config c WHERE c.plugin_name = n.plugin_name), '')
+		FROM names n ORDER BY n.plugin_name`)
+	if err != nil {
+		return nil, fmt.Errorf("plugins: %w", err)
+	}
+	defer rows.Close()
+	var out []PluginRow
+	for rows.Next() {
+		var p PluginRow
+		var src string
+		if err := rows.Scan(&p.Name, &p.Version, &p.ManifestID, &src, &p.Versions, &p.DeployedAt, &p.Subscriptions); err != nil {
+			return nil, err
+		}
+		p.Kind = pluginKind(src)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// pluginKind reads the guest kind of a stored plugin source.
+func pluginKind(src string) string {
+	t := strings.TrimSpace(src)
+	if t == "" {
+		return ""
+	}
+	if strings.HasPrefix(t, "{") {
+		var m struct {
+			Kind string `json:"kind"`
+		}
+		if json.Unmarshal([]byte(t), &m) == nil && m.Kind != "" {
+			return m.Kind
+		}
+	}
+	return "python"
 }
