@@ -53,7 +53,16 @@ func (s *Sentinel) dispatchSome(ctx context.Context, w *worker) (bool, error) {
 	start := time.Now()
 	// Half the free slots (rounded up) per visit: batches claims, yet a
 	// short queue still spreads over the workers.
-	cs, err := s.st.ClaimN(ctx, w.id, w.caps, s.cfg.Lease, (w.free()+1)/2)
+	except, err := s.envExclusions(ctx, w)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, err
+		}
+		s.metrics.DBErrors.Inc()
+		s.log.Error("reading plugin environments failed", "worker", w.id, "error", err)
+		return false, err
+	}
+	cs, err := s.st.ClaimNExcept(ctx, w.id, w.caps, except, s.cfg.Lease, (w.free()+1)/2)
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err // shutting down

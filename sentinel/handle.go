@@ -80,7 +80,7 @@ func (s *Sentinel) handle(ctx context.Context, in inMsg) {
 	case protocol.OpEnvReady:
 		var p protocol.EnvReadyPayload
 		if s.decodePayload(in.r, identity, m, &p) {
-			s.log.Info("worker environment ready", "worker", workerName(w, identity), "env_hash", p.EnvHash, "cached", p.Cached)
+			s.envReady(ctx, w, &p)
 		}
 	case protocol.OpDeploy:
 		var p protocol.DeployCommand
@@ -141,6 +141,9 @@ func (s *Sentinel) heartbeat(ctx context.Context, w *worker, p *protocol.Heartbe
 	w.draining = p.Status == protocol.WorkerDraining
 	if p.Slots > 0 {
 		w.slots = p.Slots
+	}
+	if w.exts[protocol.ExtPrepareEnv] {
+		setEnvs(w, p.Envs)
 	}
 	ids := p.ActiveJobIDs
 	if ids == nil && p.CurrentJobID != nil {
@@ -410,7 +413,7 @@ func (s *Sentinel) deploy(ctx context.Context, r *routerSock, identity []byte, p
 		return
 	}
 	id, err := s.st.AddPlugin(ctx, store.PluginSpec{Name: p.PluginName, Version: p.Version, SourceCode: p.SourceCode,
-		EnvHash: envHash, ArtifactHash: strings.ToLower(p.ArtifactHash)})
+		EnvHash: envHash, ArtifactHash: strings.ToLower(p.ArtifactHash), Lockfile: p.LockfileContent})
 	if err != nil {
 		s.metrics.DBErrors.Inc()
 		fail(err.Error())
@@ -423,6 +426,7 @@ func (s *Sentinel) deploy(ctx context.Context, r *routerSock, identity []byte, p
 		return
 	}
 	s.forgetPlugins()
+	s.envCache = nil
 	s.metrics.Deploys.WithLabelValues("ok").Inc()
 	s.log.Info("plugin deployed", "plugin", p.PluginName, "version", p.Version, "manifest_id", id, "publisher", publisher)
 	msg := fmt.Sprintf("deployed %s %s as manifest %d (ACTIVE)", p.PluginName, p.Version, id)

@@ -130,12 +130,13 @@ type Sentinel struct {
 	endpoints []string // bound endpoints, user schemes (tcp://, ipc://)
 
 	// Owned by the loop goroutine.
-	routers []*routerSock
-	workers map[string]*worker // by routeKey (endpoint index + routing identity)
-	byID    map[string]*worker // by worker_id
-	order   []string           // routing identities, rotated for fairness
-	plugins map[string]cachedPlugin
-	pending []pendingConclude // CONCLUDEs received, not yet recorded
+	routers  []*routerSock
+	workers  map[string]*worker // by routeKey (endpoint index + routing identity)
+	byID     map[string]*worker // by worker_id
+	order    []string           // routing identities, rotated for fairness
+	plugins  map[string]cachedPlugin
+	envCache *cachedEnvs       // plugin environments, as pluginEnvs caches them
+	pending  []pendingConclude // CONCLUDEs received, not yet recorded
 }
 
 // New validates cfg and returns a Sentinel. It registers the metrics.

@@ -34,9 +34,13 @@ type worker struct {
 	lastSeen time.Time
 	// quiet is set while the worker has been silent for longer than a
 	// lease: it gets no new job until it reports again.
-	quiet   bool
-	jobs    map[int64]*running  // dispatched and not concluded
-	aborted map[int64]time.Time // ABORTs sent for jobs it no longer owns
+	quiet bool
+	jobs  map[int64]*running // dispatched and not concluded
+	// envs are the plugin environments it has (ExtPrepareEnv); preparing
+	// those it was asked to build, and when.
+	envs      map[string]bool
+	preparing map[string]time.Time
+	aborted   map[int64]time.Time // ABORTs sent for jobs it no longer owns
 
 	// What its cf_worker_node row shows, as of the last saveWorker.
 	savedAt       time.Time
@@ -118,6 +122,8 @@ func (s *Sentinel) register(ctx context.Context, r *routerSock, identity []byte,
 		w.exts[e] = true
 	}
 	w.hostname, w.pid = p.Hostname, p.PID
+	setEnvs(w, p.Envs)
+	w.preparing = nil
 	w.draining = false
 	w.lastSeen = now
 	s.workers[key] = w

@@ -288,6 +288,9 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	ln.SetUnlinkOnClose(true)
 	defer ln.Close()
 
+	if i.plugin.Interpreter != "" {
+		cfg.Python = i.plugin.Interpreter // the plugin's own environment
+	}
 	p := &proc{cfg: cfg, sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail),
 		log: cfg.Logger.With("job_id", in.JobID, "plugin", i.name, "guest", string(guest.KindPython))}
 	if err := p.start(dir, specPath); err != nil {

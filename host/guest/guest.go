@@ -53,6 +53,9 @@ type Plugin struct {
 	// Hash is the SHA-256 hex of the artifact, recorded in provenance and, for
 	// binary guests, checked before start. Empty means "compute it".
 	Hash string
+	// Interpreter, for the Python guest, is the interpreter of the plugin's
+	// own environment (with its declared packages); "" means the runtime's.
+	Interpreter string
 }
 
 // Input is one unit of work: one input file for one plugin.

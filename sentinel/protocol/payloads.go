@@ -34,6 +34,12 @@ const (
 	// ExtReidentify: the peer sends IDENTIFY again when the sentinel answers
 	// it with ERR (job_id 0) whose message starts with ReidentifyPrefix.
 	ExtReidentify = "reidentify"
+	// ExtPrepareEnv: the peer provisions plugin environments: it answers
+	// PREPARE_ENV with ENV_READY (Error set when the install failed) and
+	// lists the environments it has in IDENTIFY and HEARTBEAT (envs). The
+	// sentinel dispatches a job whose plugin needs an environment only to a
+	// peer that has it.
+	ExtPrepareEnv = "prepare-env"
 )
 
 // ReidentifyPrefix starts the ERR message a sentinel sends to a peer it does
@@ -176,6 +182,8 @@ type IdentifyPayload struct {
 	// Hostname and PID (extension) say where the worker runs, for operators.
 	Hostname string `json:"hostname,omitempty"`
 	PID      int    `json:"pid,omitempty"`
+	// Envs (extension, ExtPrepareEnv) are the env_hashes the worker has.
+	Envs []string `json:"envs,omitempty"`
 }
 
 type identifyPayloadJSON IdentifyPayload
@@ -222,6 +230,8 @@ type HeartbeatPayload struct {
 	// FreeSlots (extension) is how many more jobs the worker accepts now.
 	// It is meaningful only when Slots > 0; then a missing key means 0.
 	FreeSlots int `json:"free_slots,omitempty"`
+	// Envs (extension, ExtPrepareEnv) are the env_hashes the worker has.
+	Envs []string `json:"envs,omitempty"`
 }
 
 // ErrorPayload is the ERR payload (both directions).
@@ -233,7 +243,7 @@ type ErrorPayload struct {
 // PrepareEnvCommand is the PREPARE_ENV payload (S→W).
 type PrepareEnvCommand struct {
 	EnvHash         string `json:"env_hash"`
-	LockfileContent string `json:"lockfile_content"` // raw uv.lock TOML
+	LockfileContent string `json:"lockfile_content"` // the plugin's requirements (pip requirements text)
 	PythonVersion   string `json:"python_version,omitempty"`
 }
 
@@ -242,6 +252,9 @@ type EnvReadyPayload struct {
 	EnvHash         string `json:"env_hash"`
 	InterpreterPath string `json:"interpreter_path"`
 	Cached          bool   `json:"cached"` // default false
+	// Error (extension) says why the environment could not be built (the
+	// installer's output); InterpreterPath is empty then.
+	Error string `json:"error,omitempty"`
 }
 
 // DeployCommand is the DEPLOY payload (publisher CLI → S).

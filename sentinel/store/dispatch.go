@@ -302,6 +302,9 @@ type PluginSpec struct {
 	SourceCode   string
 	EnvHash      string // "" stores NULL ("system")
 	ArtifactHash string // "" stores NULL
+	// Lockfile is the environment's requirements, kept in
+	// cf_plugin_environment under EnvHash (which must be its SHA-256).
+	Lockfile string
 }
 
 // AddPlugin makes spec the plugin's ACTIVE manifest and returns its id. It
@@ -350,6 +353,12 @@ func (s *Store) AddPlugin(ctx context.Context, spec PluginSpec) (int64, error) {
 			}
 		default:
 			return err
+		}
+		if spec.EnvHash != "" && spec.Lockfile != "" {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO cf_plugin_environment (hash, lockfile_content, created_at, last_used)
+				VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`, spec.EnvHash, spec.Lockfile, now, now); err != nil {
+				return err
+			}
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE cf_plugin_manifest SET status = 'SUPERSEDED'
 			WHERE plugin_name = ? AND status = 'ACTIVE' AND id <> ?`, spec.Name, id)

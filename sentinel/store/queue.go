@@ -175,6 +175,12 @@ func (s *Store) Claim(ctx context.Context, workerID string, capabilities []strin
 // order (highest priority, then lowest id), each under its own lease and
 // attempt. It returns none when no job the capabilities allow is due.
 func (s *Store) ClaimN(ctx context.Context, workerID string, capabilities []string, lease time.Duration, n int) ([]*Claimed, error) {
+	return s.ClaimNExcept(ctx, workerID, capabilities, nil, lease, n)
+}
+
+// ClaimNExcept is ClaimN that never claims a job of the plugins in except
+// (e.g. plugins whose environment the worker does not have yet).
+func (s *Store) ClaimNExcept(ctx context.Context, workerID string, capabilities, except []string, lease time.Duration, n int) ([]*Claimed, error) {
 	if workerID == "" {
 		return nil, errors.New("claim: empty worker id")
 	}
@@ -208,6 +214,12 @@ func (s *Store) ClaimN(ctx context.Context, workerID string, capabilities []stri
 		filter = " AND plugin_name IN (?" + strings.Repeat(",?", len(names)-1) + ")"
 		for _, n := range names {
 			args = append(args, n)
+		}
+	}
+	if len(except) > 0 {
+		filter += " AND plugin_name NOT IN (?" + strings.Repeat(",?", len(except)-1) + ")"
+		for _, e := range except {
+			args = append(args, e)
 		}
 	}
 	args = append(args, n)

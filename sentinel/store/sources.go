@@ -403,3 +403,69 @@ func (s *Store) Files(ctx context.Context, limit int) ([]FileRow, error) {
 	}
 	return out, rows.Err()
 }
+
+// EnvSpec is a plugin's environment: its hash and requirements.
+type EnvSpec struct {
+	Hash     string
+	Lockfile string
+}
+
+// PluginEnvs maps every plugin whose ACTIVE manifest needs an environment
+// (env_hash set, lockfile stored) to it.
+func (s *Store) PluginEnvs(ctx context.Context) (map[string]EnvSpec, error) {
+	rows, err := s.readQuery(ctx, `SELECT m.plugin_name, m.env_hash, e.lockfile_content FROM cf_plugin_manifest m
+		JOIN cf_plugin_environment e ON e.hash = m.env_hash
+		WHERE m.status = 'ACTIVE' AND m.env_hash IS NOT NULL AND m.env_hash NOT IN ('', 'system')
+		ORDER BY m.created_at, m.id`)
+	if err != nil {
+		return nil, fmt.Errorf("plugin environments: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]EnvSpec{}
+	for rows.Next() {
+		var p string
+		var e EnvSpec
+		if err := rows.Scan(&p, &e.Hash, &e.Lockfile); err != nil {
+			return nil, err
+		}
+		out[p] = e
+	}
+	return out, rows.Err()
+}
+
+// FailQueued fails every QUEUED job of plugin for good with msg (its
+// environment cannot be built: running it again would fail the same way
+// until the plugin is republished; casparian requeue runs them again).
+func (s *Store) FailQueued(ctx context.Context, plugin, msg string) ([]int64, error) {
+	var ids []int64
+	now := fmtTime(s.now())
+	err := s.writeTx(ctx, func(tx *wtx) error {
+		ids = ids[:0]
+		rows, err := tx.QueryContext(ctx, `UPDATE cf_processing_queue SET status = 'FAILED', end_time = ?, error_message = ?,
+			last_error = ? WHERE plugin_name = ? AND status = 'QUEUED' RETURNING id`, now, msg, msg, plugin)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fail queued jobs of %s: %w", plugin, err)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// HasQueued reports whether plugin has a QUEUED job.
+func (s *Store) HasQueued(ctx context.Context, plugin string) (bool, error) {
+	var n int
+	err := s.readRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM cf_processing_queue WHERE status = 'QUEUED' AND plugin_name = ? LIMIT 1)`, plugin).Scan(&n)
+	return n > 0, err
+}
