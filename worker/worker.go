@@ -29,6 +29,7 @@ import (
 	"github.com/casparianflow/casparian/host/manifest"
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/sentinel/transport"
+	"github.com/casparianflow/casparian/worker/envs"
 )
 
 // Defaults of Config (the original's constants where it had one).
@@ -74,6 +75,10 @@ type Config struct {
 	// Plugin turns a DISPATCH into the plugin to load. Default
 	// DispatchPlugin.
 	Plugin func(*protocol.DispatchCommand) (guest.Plugin, error)
+	// Envs provisions plugin environments (PREPARE_ENV); nil: the worker
+	// runs every Python plugin with its configured interpreter and answers
+	// PREPARE_ENV with ERR.
+	Envs *envs.Manager
 }
 
 func (c Config) withDefaults() Config {
@@ -177,7 +182,9 @@ type Worker struct {
 	draining       bool
 	sock           zmq4.Socket
 	lastRecv       time.Time
-	sessions       int // connections established so far
+	envDone        chan envResult    // finished PREPARE_ENVs → loop
+	lockfiles      map[string]string // env_hash → requirements, from PREPARE_ENV
+	sessions       int               // connections established so far
 }
 
 type job struct {
@@ -201,7 +208,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.WorkerID), metrics: newMetrics(),
-		done: make(chan jobResult, cfg.Slots), jobs: map[int64]*job{}, unacked: map[int64]protocol.Message{},
+		done: make(chan jobResult, cfg.Slots), envDone: make(chan envResult, 16), jobs: map[int64]*job{}, unacked: map[int64]protocol.Message{},
 		unackedAttempt: map[int64]int64{}}
 	w.metrics.Slots.Set(float64(cfg.Slots))
 	if cfg.Registerer != nil {
@@ -387,6 +394,10 @@ func (w *Worker) session(ctx context.Context, ep string, startDrain func(), drai
 			if err := w.finish(r); err != nil {
 				return true, err
 			}
+		case r := <-w.envDone:
+			if err := w.envReady(r); err != nil {
+				return true, err
+			}
 		case <-hb.C:
 			if since := time.Since(w.lastRecv); since > w.cfg.SentinelTimeout {
 				return true, fmt.Errorf("no message from the sentinel for %s", since.Round(time.Second))
@@ -400,11 +411,16 @@ func (w *Worker) session(ctx context.Context, ep string, startDrain func(), drai
 
 func (w *Worker) identify() error {
 	h, _ := os.Hostname()
-	m, err := protocol.NewMessage(protocol.OpIdentify, 0, protocol.IdentifyPayload{
+	p := protocol.IdentifyPayload{
 		Capabilities: w.cfg.Capabilities, WorkerID: w.cfg.WorkerID, Slots: w.cfg.Slots,
 		ProtocolExtensions: []string{protocol.ExtAttempt, protocol.ExtSlots, protocol.ExtConcludeAck, protocol.ExtReidentify},
 		Hostname:           h, PID: os.Getpid(),
-	})
+	}
+	if w.cfg.Envs != nil {
+		p.ProtocolExtensions = append(p.ProtocolExtensions, protocol.ExtPrepareEnv)
+		p.Envs = w.envHashes()
+	}
+	m, err := protocol.NewMessage(protocol.OpIdentify, 0, p)
 	if err != nil {
 		return err
 	}
@@ -440,7 +456,7 @@ func (w *Worker) sendMsg(m protocol.Message) error {
 }
 
 func (w *Worker) status() protocol.HeartbeatPayload {
-	p := protocol.HeartbeatPayload{Slots: w.cfg.Slots, ActiveJobCount: len(w.jobs)}
+	p := protocol.HeartbeatPayload{Slots: w.cfg.Slots, ActiveJobCount: len(w.jobs), Envs: w.envHashes()}
 	p.ActiveJobIDs = sortedIDs(w.jobs)
 	if len(p.ActiveJobIDs) > 0 {
 		p.CurrentJobID = &p.ActiveJobIDs[0]
@@ -530,7 +546,10 @@ func (w *Worker) handle(ctx context.Context, raw zmq4.Msg) error {
 	case protocol.OpPrepareEnv:
 		var p protocol.PrepareEnvCommand
 		_ = m.Unmarshal(&p)
-		return w.sendMsgErr(0, fmt.Sprintf("PREPARE_ENV %s: this worker does not provision plugin environments; it runs plugins with its configured Python", p.EnvHash))
+		if w.cfg.Envs == nil {
+			return w.sendMsgErr(0, fmt.Sprintf("PREPARE_ENV %s: this worker does not provision plugin environments; it runs plugins with its configured Python", p.EnvHash))
+		}
+		w.prepareEnv(ctx, p)
 	default:
 		w.log.Warn("unexpected message from the sentinel", "opcode", m.OpCode.String(), "job_id", m.JobID)
 	}
@@ -573,9 +592,22 @@ func (w *Worker) dispatch(ctx context.Context, id int64, d *protocol.DispatchCom
 		return w.conclude(id, protocol.JobReceipt{Status: protocol.StatusFailed, Attempt: d.Attempt,
 			ErrorMessage: guest.JobError(id, fmt.Errorf("load plugin %s: %w", d.PluginName, err))})
 	}
+	release := func() {}
 	if d.EnvHash != "" && d.EnvHash != "system" {
-		w.log.Warn(fmt.Sprintf("[Job %d] plugin %s asks for environment %s; this worker runs it with its configured interpreter",
-			id, d.PluginName, shortHash(d.EnvHash)))
+		if w.cfg.Envs == nil {
+			w.log.Warn(fmt.Sprintf("[Job %d] plugin %s asks for environment %s; this worker runs it with its configured interpreter",
+				id, d.PluginName, shortHash(d.EnvHash)))
+		} else {
+			python, rel, err := w.envPython(ctx, d.EnvHash)
+			if err != nil {
+				// The sentinel learns from the next heartbeat that this worker
+				// lacks it, and asks for it again.
+				w.metrics.JobsRejected.Inc()
+				return w.conclude(id, protocol.JobReceipt{Status: protocol.StatusRejected, Attempt: d.Attempt,
+					ErrorMessage: fmt.Sprintf("[Job %d] worker %s: %v", id, w.cfg.WorkerID, err)})
+			}
+			plugin.Interpreter, release = python, rel
+		}
 	}
 	hj := host.Job{ID: id, FileVersionID: d.FileVersionID, InputPath: d.FilePath, Plugin: plugin,
 		FileStem: fmt.Sprintf("%s_%d", strings.TrimSuffix(filepath.Base(d.FilePath), filepath.Ext(d.FilePath)), id)}
@@ -590,6 +622,7 @@ func (w *Worker) dispatch(ctx context.Context, id int64, d *protocol.DispatchCom
 	w.log.Debug("job started", "job_id", id, "plugin", d.PluginName, "attempt", d.Attempt, "input", d.FilePath)
 	go func() {
 		defer cancel()
+		defer release()
 		w.done <- jobResult{j: j, rc: w.cfg.Host.Run(jctx, hj)}
 	}()
 	return nil

@@ -215,7 +215,8 @@ func (c *cluster) startSentinel(extra ...string) {
 func (c *cluster) startWorker(name, endpoint string, extra ...string) (*proc, string) {
 	maddr := freeAddr(c.t)
 	args := append([]string{"worker", "--connect", endpoint, "--output", c.out, "--worker-id", name,
-		"--python", c.py, "--metrics-addr", maddr, "--heartbeat-interval", "1s", "--sentinel-timeout", "5s"}, extra...)
+		"--python", c.py, "--metrics-addr", maddr, "--heartbeat-interval", "1s", "--sentinel-timeout", "5s",
+		"--envs-dir", filepath.Join(c.dir, "venvs-"+name)}, extra...)
 	return startProc(c.t, name, args...), maddr
 }
 

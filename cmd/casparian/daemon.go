@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,13 +17,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/casparianflow/casparian/guests/python"
 	"github.com/casparianflow/casparian/host"
+	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/host/sink"
 	"github.com/casparianflow/casparian/internal/obs"
 	"github.com/casparianflow/casparian/sentinel"
 	"github.com/casparianflow/casparian/sentinel/scan"
 	"github.com/casparianflow/casparian/sentinel/store"
 	"github.com/casparianflow/casparian/worker"
+	"github.com/casparianflow/casparian/worker/envs"
 )
 
 // commonFlags are the operator flags every daemon takes.
@@ -73,6 +77,8 @@ func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger,
 
 type workerFlags struct {
 	output, workerID, caps, compression, guests string
+	envsDir                                     string
+	envsMaxMB                                   int64
 	slots                                       int
 	timeout                                     time.Duration
 	heartbeat, sentinelTimeout, drain           time.Duration
@@ -91,6 +97,33 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", worker.DefaultHeartbeatInterval, "how often the worker reports to the sentinel")
 	fs.DurationVar(&f.sentinelTimeout, "sentinel-timeout", worker.DefaultSentinelTimeout, "reconnect when the sentinel is silent this long")
 	fs.DurationVar(&f.drain, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, wait this long for running jobs before aborting them")
+	fs.StringVar(&f.envsDir, "envs-dir", "", "where this worker builds the environments of Python plugins with requirements, one per env_hash "+
+		"(default: the user cache dir's casparian/venvs; one worker per directory; \"off\": run every plugin with --python)")
+	fs.Int64Var(&f.envsMaxMB, "envs-max-mb", 10240, "evict least-recently-used environments beyond this size")
+}
+
+// newEnvs opens the environment manager, unless disabled. A directory
+// another worker holds is a warning: this worker then does not provision.
+func (f *workerFlags) newEnvs(python string, log *slog.Logger) *envs.Manager {
+	dir := f.envsDir
+	if dir == "off" {
+		return nil
+	}
+	if dir == "" {
+		c, err := os.UserCacheDir()
+		if err != nil {
+			log.Warn("no user cache dir: plugin environments are off (set --envs-dir)", "error", err)
+			return nil
+		}
+		dir = filepath.Join(c, "casparian", "venvs")
+	}
+	m, err := envs.New(envs.Config{Dir: dir, BasePython: python, MaxBytes: f.envsMaxMB << 20, Logger: log})
+	if err != nil {
+		log.Warn("plugin environments are off on this worker; plugins with requirements will run elsewhere", "error", err)
+		return nil
+	}
+	log.Info("plugin environments", "dir", dir, "installer", m.Installer())
+	return m
 }
 
 // newWorker builds the host (Python guest runtime + Parquet/SQLite sinks) and
@@ -126,14 +159,26 @@ func (f *workerFlags) newWorker(ctx context.Context, connect string, log *slog.L
 		cleanup()
 		return nil, nil, err
 	}
+	var em *envs.Manager
+	if py, ok := rts[guest.KindPython].(*python.Runtime); ok {
+		em = f.newEnvs(py.Interpreter(), log)
+	}
 	w, err := worker.New(worker.Config{Connect: connect, WorkerID: f.workerID, Capabilities: caps, Slots: f.slots,
 		Host: h, Logger: log, Registerer: reg, HeartbeatInterval: f.heartbeat, SentinelTimeout: f.sentinelTimeout,
-		DrainTimeout: f.drain, Plugin: worker.DispatchPlugin})
+		DrainTimeout: f.drain, Plugin: worker.DispatchPlugin, Envs: em})
 	if err != nil {
+		if em != nil {
+			em.Close()
+		}
 		cleanup()
 		return nil, nil, err
 	}
-	return w, cleanup, nil
+	return w, func() {
+		if em != nil {
+			em.Close()
+		}
+		cleanup()
+	}, nil
 }
 
 // daemonSetup parses flags and builds the logger and the metrics server.

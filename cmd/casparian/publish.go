@@ -143,6 +143,7 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	publisher := fs.String("publisher", currentUser(), "publisher name recorded with the plugin")
 	version := fs.String("version", "", "version (default: the manifest's, else 0.0.0)")
 	pattern := fs.String("pattern", "", "routing glob: files matching it get tag auto_<plugin>, which the plugin subscribes to")
+	requirements := fs.String("requirements", "", "pip requirements file of a Python plugin: workers run it in an environment with them installed")
 	var subs, sinks stringsFlag
 	fs.Var(&subs, "subscribe", "also subscribe the plugin to this tag (repeatable)")
 	fs.Var(&sinks, "sink", "TOPIC=URI: send a topic to a sink (repeatable)")
@@ -189,6 +190,25 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		m.Sinks = append(m.Sinks, manifest.Sink{Topic: topic, URI: uri})
 	}
+	if *requirements != "" {
+		b, err := os.ReadFile(*requirements)
+		if err != nil {
+			return fail("--requirements: %v", err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				m.Requirements = append(m.Requirements, l)
+			}
+		}
+	}
+	if len(m.Requirements) > 0 && m.Kind != guest.KindPython {
+		fmt.Fprintf(stderr, "casparian publish: requirements apply to Python plugins only; %s is a %s plugin\n", m.Name, m.Kind)
+		return 2
+	}
+	lockfile := ""
+	if len(m.Requirements) > 0 {
+		lockfile = strings.Join(m.Requirements, "\n") + "\n"
+	}
 	source := string(m.Encode()) // a binary plugin is published as its manifest (artifact path and SHA-256)
 	if m.Kind == guest.KindPython {
 		b, err := os.ReadFile(m.Artifact)
@@ -197,9 +217,13 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		source = string(b)
 	}
-	sum := sha256.Sum256([]byte(source))
-	d := protocol.DeployCommand{PluginName: m.Name, Version: m.Version, SourceCode: source,
+	sum := sha256.Sum256([]byte(source + lockfile))
+	d := protocol.DeployCommand{PluginName: m.Name, Version: m.Version, SourceCode: source, LockfileContent: lockfile,
 		ArtifactHash: hex.EncodeToString(sum[:]), PublisherName: *publisher, Pattern: m.Pattern, Subscriptions: m.Subscriptions}
+	if lockfile != "" {
+		env := sha256.Sum256([]byte(lockfile))
+		d.EnvHash = hex.EncodeToString(env[:])
+	}
 	for _, k := range m.Sinks {
 		d.Sinks = append(d.Sinks, protocol.DeploySink{Topic: k.Topic, URI: k.URI})
 	}
@@ -227,6 +251,9 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	for _, k := range m.Sinks {
 		fmt.Fprintf(stdout, "  topic %s -> %s\n", k.Topic, k.URI)
+	}
+	if lockfile != "" {
+		fmt.Fprintf(stdout, "  requirements %s (env %s)\n", strings.Join(m.Requirements, ", "), d.EnvHash[:12])
 	}
 	if *dryRun {
 		fmt.Fprintln(stdout, "dry run: nothing sent")

@@ -58,6 +58,9 @@ type Manifest struct {
 	Pattern       string   `json:"pattern,omitempty"`
 	Subscriptions []string `json:"subscriptions,omitempty"`
 	Sinks         []Sink   `json:"sinks,omitempty"`
+	// Requirements (Python plugins) are pip requirement lines; workers run
+	// the plugin in an environment with them installed.
+	Requirements []string `json:"requirements,omitempty"`
 }
 
 // Sink sends one topic to a sink URI (parquet://…, sqlite://…).
