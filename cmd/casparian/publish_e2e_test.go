@@ -53,6 +53,23 @@ func TestPublishAndRoute(t *testing.T) {
 	if out, _ := run(0, "publish", "--connect", c.tcp, "--key", key, "--pattern", "*.jsonl", wasmMod); !strings.Contains(out, "deployed jsonl") {
 		t.Errorf("publish wasm:\n%s", out)
 	}
+	// A manifest whose artifact does not match its sha256 is refused.
+	tampered := filepath.Join(c.dir, "tampered.json")
+	manifestJSON := `{"manifest_version": 1, "name": "tampered", "kind": "wasm", "artifact": "` + wasmMod + `", "sha256": "` +
+		strings.Repeat("0", 64) + `"}`
+	if err := os.WriteFile(tampered, []byte(manifestJSON), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut := run(1, "publish", "--connect", c.tcp, "--key", key, tampered); !strings.Contains(errOut, "but the manifest says") {
+		t.Errorf("tampered artifact: %s", errOut)
+	}
+	// A manifest with an unknown field is refused with the field's name.
+	if err := os.WriteFile(tampered, []byte(strings.Replace(manifestJSON, `"kind"`, `"colour": "red", "kind"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut := run(1, "publish", "--connect", c.tcp, "--key", key, tampered); !strings.Contains(errOut, `unknown field "colour"`) {
+		t.Errorf("unknown manifest field: %s", errOut)
+	}
 	if out, _ := run(0, "keys", "list", "--database", c.db); !strings.Contains(out, "tester") {
 		t.Errorf("keys list:\n%s", out)
 	}
