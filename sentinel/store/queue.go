@@ -693,7 +693,16 @@ func (s *Store) Requeue(ctx context.Context, plugin string, ids []int64) ([]int6
 		q += " AND plugin_name = ?"
 		args = append(args, plugin)
 	}
-	q += " RETURNING id"
+	out, err := s.updateReturningIDs(ctx, q+" RETURNING id", args...)
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	return out, nil
+}
+
+// updateReturningIDs runs an UPDATE … RETURNING id in a write transaction
+// and returns the ids, sorted.
+func (s *Store) updateReturningIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	var out []int64
 	err := s.writeTx(ctx, func(tx *wtx) error {
 		out = out[:0]
@@ -711,11 +720,8 @@ func (s *Store) Requeue(ctx context.Context, plugin string, ids []int64) ([]int6
 		}
 		return rows.Err()
 	})
-	if err != nil {
-		return nil, fmt.Errorf("requeue: %w", err)
-	}
 	slices.Sort(out)
-	return out, nil
+	return out, err
 }
 
 // PluginRow is one line of `casparian plugins`.

@@ -437,29 +437,12 @@ func (s *Store) PluginEnvs(ctx context.Context) (map[string]EnvSpec, error) {
 // environment cannot be built: running it again would fail the same way
 // until the plugin is republished; casparian requeue runs them again).
 func (s *Store) FailQueued(ctx context.Context, plugin, msg string) ([]int64, error) {
-	var ids []int64
 	now := fmtTime(s.now())
-	err := s.writeTx(ctx, func(tx *wtx) error {
-		ids = ids[:0]
-		rows, err := tx.QueryContext(ctx, `UPDATE cf_processing_queue SET status = 'FAILED', end_time = ?, error_message = ?,
-			last_error = ? WHERE plugin_name = ? AND status = 'QUEUED' RETURNING id`, now, msg, msg, plugin)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var id int64
-			if err := rows.Scan(&id); err != nil {
-				return err
-			}
-			ids = append(ids, id)
-		}
-		return rows.Err()
-	})
+	ids, err := s.updateReturningIDs(ctx, `UPDATE cf_processing_queue SET status = 'FAILED', end_time = ?, error_message = ?,
+		last_error = ? WHERE plugin_name = ? AND status = 'QUEUED' RETURNING id`, now, msg, msg, plugin)
 	if err != nil {
 		return nil, fmt.Errorf("fail queued jobs of %s: %w", plugin, err)
 	}
-	slices.Sort(ids)
 	return ids, nil
 }
 
