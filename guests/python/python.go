@@ -30,6 +30,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/rlimit"
 	pysdk "github.com/casparianflow/casparian/sdk/python"
 )
 
@@ -77,6 +78,11 @@ type Config struct {
 	StderrTail int
 	// Allocator allocates decoded Arrow data. Default memory.DefaultAllocator.
 	Allocator memory.Allocator
+	// ProcessLimits are the resource limits of every plugin process
+	// (address space, open files, processes, CPU time, file size). The zero
+	// value means rlimit.Defaults(); NoProcessLimits leaves the inherited ones.
+	ProcessLimits   rlimit.Limits
+	NoProcessLimits bool
 	// Logger receives the runtime's own diagnostics (process start and end at
 	// debug level). Plugin output goes to the guest.Output instead. nil
 	// discards them.
@@ -93,6 +99,17 @@ type Runtime struct {
 }
 
 var _ guest.Runtime = (*Runtime)(nil)
+
+// limits returns the resource limits of a plugin process.
+func (c Config) limits() rlimit.Limits {
+	switch {
+	case c.NoProcessLimits:
+		return rlimit.Limits{}
+	case c.ProcessLimits.Zero():
+		return rlimit.Defaults()
+	}
+	return c.ProcessLimits
+}
 
 // New checks the configuration, finds the interpreter and extracts the SDK.
 func New(cfg Config) (*Runtime, error) {
@@ -291,7 +308,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	if i.plugin.Interpreter != "" {
 		cfg.Python = i.plugin.Interpreter // the plugin's own environment
 	}
-	p := &proc{cfg: cfg, sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail),
+	p := &proc{cfg: cfg, limits: cfg.limits(), sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail),
 		log: cfg.Logger.With("job_id", in.JobID, "plugin", i.name, "guest", string(guest.KindPython))}
 	if err := p.start(dir, specPath); err != nil {
 		return err
@@ -311,6 +328,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 // proc is one running shim process.
 type proc struct {
 	cfg     Config
+	limits  rlimit.Limits
 	log     *slog.Logger
 	sdkDir  string
 	out     guest.Output
@@ -349,6 +367,15 @@ func (p *proc) start(dir, specPath string) error {
 		errR.Close()
 		return &guest.Error{Kind: guest.ErrCrashed, Message: fmt.Sprintf("start %s: %v", p.cfg.Python, err),
 			ExitCode: -1, Err: err, Hint: "check that the Python interpreter exists and is executable"}
+	}
+	// The interpreter is still starting: the limits hold before any plugin
+	// code runs.
+	if err := p.limits.Apply(cmd.Process.Pid); err != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_, _ = cmd.Process.Wait()
+		outR.Close()
+		errR.Close()
+		return guest.AsError(fmt.Errorf("python guest: %w", err), guest.ErrResourceLimit)
 	}
 	p.cmd = cmd
 	p.started = time.Now()
@@ -611,6 +638,11 @@ func (p *proc) readFrames(ctx context.Context, conn *net.UnixConn, out guest.Out
 				e.Message = m.Type + ": " + m.Message
 			}
 			e.Hint = errorHint(e.Kind)
+			if m.Type == "MemoryError" {
+				e.Kind = guest.ErrResourceLimit
+				e.Hint = fmt.Sprintf("the plugin ran out of memory; its address space is capped at %d MiB "+
+					"(python guest ProcessLimits.AddressSpace): hold less in memory, or raise the limit", p.limits.AddressSpace>>20)
+			}
 			p.waitExit(p.cfg.ExitTimeout)
 			return e
 		case bridge.FrameEnd:
