@@ -56,6 +56,7 @@ import (
 
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/internal/filehash"
+	"github.com/casparianflow/casparian/internal/rlimit"
 	sdkgp "github.com/casparianflow/casparian/sdk/goplugin"
 )
 
@@ -119,10 +120,26 @@ type Config struct {
 	StderrTail int
 	// Allocator allocates decoded Arrow data. Default memory.DefaultAllocator.
 	Allocator memory.Allocator
+	// ProcessLimits are the resource limits of every plugin process
+	// (address space, open files, processes, CPU time, file size). The zero
+	// value means rlimit.Defaults(); NoProcessLimits leaves the inherited ones.
+	ProcessLimits   rlimit.Limits
+	NoProcessLimits bool
 	// Logger receives the runtime's own diagnostics (process start and stop,
 	// go-plugin's messages, plugin output between jobs) at debug level.
 	// Plugin output during a job goes to the guest.Output. nil discards.
 	Logger *slog.Logger
+}
+
+// limits returns the resource limits of a plugin process.
+func (c Config) limits() rlimit.Limits {
+	switch {
+	case c.NoProcessLimits:
+		return rlimit.Limits{}
+	case c.ProcessLimits.Zero():
+		return rlimit.Defaults()
+	}
+	return c.ProcessLimits
 }
 
 // Runtime runs go-plugin plugins. It is safe for concurrent use.

@@ -40,6 +40,8 @@ type proc struct {
 	name string
 	run  *procRunner
 	tail *tail
+	// crashLine is the first "panic: " or "fatal error: " line on stderr.
+	crashLine atomic.Pointer[string]
 
 	// Set by start.
 	dir      string
@@ -388,6 +390,10 @@ func (p *proc) stderrLine(line string) {
 		return
 	}
 	p.tail.add(line)
+	if p.crashLine.Load() == nil && (strings.HasPrefix(line, "panic: ") || strings.HasPrefix(line, "fatal error: ")) {
+		l := line
+		p.crashLine.Store(&l) // the start of a Go crash dump; its tail is all goroutine stacks
+	}
 	if rec, ok := parseHclog(line); ok {
 		p.emitLog(rec)
 		return
@@ -411,8 +417,21 @@ func (p *proc) exitError(what string) *guest.Error {
 		e.Message = what
 	}
 	p.withStderr(e)
+	if c := p.crashLine.Load(); c != nil {
+		e.Message += ": " + *c
+	}
+	cpuLimit := time.Duration(p.rt.cfg.limits().CPUSeconds) * time.Second
 	switch {
-	case strings.Contains(e.Stderr, "panic: ") || strings.Contains(e.Stderr, "fatal error: "):
+	case cpuLimit > 0 && st != nil && e.Signal != "" && st.UserTime()+st.SystemTime() >= cpuLimit-100*time.Millisecond:
+		// The Go runtime ignores SIGXCPU; the kernel's SIGKILL at the hard
+		// limit follows. The CPU time used tells why.
+		e.Kind = guest.ErrResourceLimit
+		e.Message += fmt.Sprintf(" after %s of CPU time (limit %s)", (st.UserTime() + st.SystemTime()).Round(10*time.Millisecond), cpuLimit)
+		e.Hint = "the plugin used up its CPU time limit (goplugin ProcessLimits.CPUSeconds): it may be stuck in a loop"
+	case strings.Contains(e.Message, "out of memory"):
+		e.Kind = guest.ErrResourceLimit
+		e.Hint = "the plugin ran out of memory: its process's address space is capped (goplugin ProcessLimits.AddressSpace); hold less in memory, or raise the limit"
+	case p.crashLine.Load() != nil || strings.Contains(e.Stderr, "panic: ") || strings.Contains(e.Stderr, "fatal error: "):
 		e.Hint = "the plugin panicked outside Process (in a goroutine of its own, or at start): the stack is in the stderr lines above"
 	default:
 		e.Hint = "the last stderr lines above show why the process ended"

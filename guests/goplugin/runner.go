@@ -130,6 +130,14 @@ func (r *procRunner) Start(context.Context) error {
 			Hint:    "check that the file is a plugin executable built for this OS and architecture"}
 		return err
 	}
+	// Before the plugin's main runs (the Go runtime is still starting).
+	if lerr := r.p.rt.cfg.limits().Apply(cmd.Process.Pid); lerr != nil {
+		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+		_, _ = cmd.Process.Wait()
+		closeAll(stdinW, outR, errR)
+		r.preErr = guest.AsError(fmt.Errorf("goplugin guest: %w", lerr), guest.ErrResourceLimit)
+		return lerr
+	}
 	r.started = true
 	r.pid = cmd.Process.Pid
 	r.stdin = stdinW

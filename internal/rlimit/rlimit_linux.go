@@ -30,7 +30,11 @@ func (l Limits) Apply(pid int) error {
 		if cur.Max != unix.RLIM_INFINITY && v > cur.Max {
 			v = cur.Max
 		}
-		if err := unix.Prlimit(pid, r.res, &unix.Rlimit{Cur: v, Max: v}, nil); err != nil {
+		hard := v
+		if r.res == unix.RLIMIT_CPU && (cur.Max == unix.RLIM_INFINITY || v < cur.Max) {
+			hard = v + 1 // SIGXCPU at the soft limit names the cause; SIGKILL a second later
+		}
+		if err := unix.Prlimit(pid, r.res, &unix.Rlimit{Cur: v, Max: hard}, nil); err != nil {
 			return fmt.Errorf("limit the %s of process %d: %w", r.name, pid, err)
 		}
 	}

@@ -118,6 +118,19 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 	case "exit":
 		fmt.Fprintln(os.Stderr, "about to die")
 		os.Exit(3)
+	case "alloc":
+		// config "gb" GiB, touched so that it is really used.
+		b := make([]byte, int(in.Config["gb"].(float64))<<30)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		return nil
+	case "spin":
+		n := 0
+		for n >= 0 {
+			n = (n + 1) % 1000
+		}
+		return nil
 	case "hang":
 		if in.Config["child"] == true {
 			cmd := exec.Command("sleep", "1000")
