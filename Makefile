@@ -3,6 +3,7 @@
 #   make test    everything a user relies on (Go with -race, Python SDK, end to end)
 #   make bench   Parquet sink and Python bridge vs pyarrow, dispatch latency, side by side
 #   make fuzz    the decoders' fuzz targets, briefly
+#   make test-faults  the long fault runs (100 crash trials per point; ~40 min)
 #   make lint    gofmt + go vet + staticcheck (pinned)
 #   make build   bin/casparian (static, CGO_ENABLED=0) and the conformance reference plugins
 #   make clean   remove build and demo outputs (make distclean also removes .venv)
@@ -16,7 +17,7 @@ BIN        := bin/casparian
 FUZZTIME   ?= 15s
 export CASPARIAN_PYTHON := $(PY)
 
-.PHONY: all examples demo test test-go test-python bench fuzz lint fmt build clean distclean venv
+.PHONY: all examples demo test test-go test-python test-faults bench fuzz lint fmt build clean distclean venv
 
 all: build
 
@@ -45,6 +46,12 @@ test: venv test-go test-python
 test-go: venv build
 	$(GO) vet ./...
 	CASPARIAN_BIN=$(abspath $(BIN)) $(GO) test -race -count=1 -timeout 20m ./...
+
+# The long fault runs: every worker crash point (CASPARIAN_FAULT) tried 100
+# times, with the cluster failure tests (make test runs each once).
+test-faults: venv build
+	CASPARIAN_BIN=$(abspath $(BIN)) CASPARIAN_FAULT_TRIALS=100 $(GO) test -count=1 -timeout 3h \
+		-run 'TestWorkerCrashPoints|TestCluster' ./cmd/casparian/
 
 test-python: venv
 	cd sdk/python && $(PY) -m pytest -q

@@ -24,6 +24,7 @@ import (
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/host/sink"
+	"github.com/casparianflow/casparian/internal/fault"
 	"github.com/casparianflow/casparian/internal/filehash"
 )
 
@@ -229,6 +230,9 @@ func (h *Host) run(ctx context.Context, job Job, rc *Receipt) error {
 	commitStart := time.Now()
 	arts, err := out.commitAll(ctx)
 	rc.CommitTime = time.Since(commitStart)
+	if err == nil {
+		fault.Hit(fault.AfterCommit)
+	}
 	if err != nil {
 		return err
 	}
@@ -266,7 +270,10 @@ func (o *jobOutput) Emit(ctx context.Context, topic string, rec arrow.RecordBatc
 		o.writers[topic] = w
 		o.order = append(o.order, topic)
 	}
-	return w.Write(ctx, rec)
+	fault.Hit(fault.GuestRun)
+	err := w.Write(ctx, rec)
+	fault.Hit(fault.SinkWrite)
+	return err
 }
 
 func (o *jobOutput) target(topic string) sink.Target {

@@ -55,11 +55,17 @@ func (l *lockedBuffer) String() string {
 
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startProcEnv(t, name, nil, args...)
+}
+
+// startProcEnv is startProc with extra environment variables.
+func startProcEnv(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(buildCLI(t), args...)
 	p.cmd.Dir = testenv.RepoRoot()
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.Env = append(os.Environ(), "CASPARIAN_LOG=debug")
+	p.cmd.Env = append(append(os.Environ(), "CASPARIAN_LOG=debug"), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -213,11 +219,16 @@ func (c *cluster) startSentinel(extra ...string) {
 
 // startWorker starts a worker connected to endpoint.
 func (c *cluster) startWorker(name, endpoint string, extra ...string) (*proc, string) {
+	return c.startWorkerEnv(name, endpoint, nil, extra...)
+}
+
+// startWorkerEnv is startWorker with extra environment variables.
+func (c *cluster) startWorkerEnv(name, endpoint string, env []string, extra ...string) (*proc, string) {
 	maddr := freeAddr(c.t)
 	args := append([]string{"worker", "--connect", endpoint, "--output", c.out, "--worker-id", name,
 		"--python", c.py, "--metrics-addr", maddr, "--heartbeat-interval", "1s", "--sentinel-timeout", "5s",
 		"--envs-dir", filepath.Join(c.dir, "venvs-"+name)}, extra...)
-	return startProc(c.t, name, args...), maddr
+	return startProcEnv(c.t, name, env, args...), maddr
 }
 
 // enqueue registers plugin and enqueues one job per input.

@@ -1,0 +1,74 @@
+package main_test
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/casparianflow/casparian/internal/fault"
+	"github.com/casparianflow/casparian/internal/testenv"
+	"github.com/casparianflow/casparian/sentinel/store"
+)
+
+// faultTrials is how many times each crash point is tried: 1 in make test,
+// more with CASPARIAN_FAULT_TRIALS (make test-faults).
+func faultTrials() int {
+	if n, err := strconv.Atoi(os.Getenv("CASPARIAN_FAULT_TRIALS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
+}
+
+// A worker killed with SIGKILL while the plugin runs, while a batch is in a
+// sink's temporary file, or after its outputs were renamed into place but
+// before its CONCLUDE: the job runs again on another worker, ends COMPLETED
+// with exactly one output file, and no temporary file is left.
+func TestWorkerCrashPoints(t *testing.T) {
+	for _, point := range []string{fault.GuestRun, fault.SinkWrite, fault.AfterCommit} {
+		t.Run(point, func(t *testing.T) {
+			for trial := range faultTrials() {
+				crashTrial(t, point, trial)
+				if t.Failed() {
+					return
+				}
+			}
+		})
+	}
+}
+
+func crashTrial(t *testing.T, point string, trial int) {
+	c := newCluster(t)
+	plugin := filepath.Join(testenv.RepoRoot(), "cmd", "casparian", "testdata", "cluster", "slow_plugin.py")
+	inputs := writeInputs(t, filepath.Join(c.dir, "in"), 2, func(i int) string { return "0.2 6" })
+	ids := c.enqueue("slow", plugin, inputs)
+	c.startSentinel("--lease", "3s")
+	crashed, _ := c.startWorkerEnv("doomed", c.tcp, []string{"CASPARIAN_FAULT=" + point}, "--slots", "1")
+	select {
+	case <-crashed.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("trial %d: the worker did not crash at %s", trial, point)
+	}
+	if !strings.Contains(crashed.cmd.ProcessState.String(), "killed") {
+		t.Fatalf("trial %d: the worker ended with %s, want killed", trial, crashed.cmd.ProcessState)
+	}
+	c.startWorker("rescuer", c.ipc)
+	c.waitDone(int64(len(ids)), 2*time.Minute)
+	c.expectOnePerJob("", ids) // also fails on temporary leftovers
+	rerun := 0
+	for _, id := range ids {
+		j := c.job(id)
+		if j.Status != store.StatusCompleted {
+			t.Errorf("trial %d: job %d is %s", trial, id, j.Status)
+		}
+		if j.Attempt >= 2 {
+			rerun++
+		}
+	}
+	if rerun != 1 {
+		t.Errorf("trial %d: %d jobs ran more than once, want exactly the one the crash interrupted", trial, rerun)
+	}
+	c.sentinel.kill()
+}
