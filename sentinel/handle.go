@@ -225,6 +225,9 @@ func (s *Sentinel) conclude(ctx context.Context, r *routerSock, identity []byte,
 	if rc.Status == protocol.StatusAborted && rc.Requeue {
 		out.Requeue = true
 	}
+	if rc.Status == protocol.StatusFailed && rc.Retriable {
+		out.Retriable = true
+	}
 	// Recorded with the other CONCLUDEs received in the same pass, in one
 	// transaction (flushConcludes), before any ACK is sent.
 	s.pending = append(s.pending, pendingConclude{r: r, identity: identity, w: w, id: id, attempt: attempt,

@@ -661,6 +661,8 @@ func (w *Worker) finish(r jobResult) error {
 		w.metrics.JobsAborted.Inc()
 	default:
 		w.metrics.JobsFailed.Inc()
+		receipt.Retriable = errors.Is(rc.Err, guest.ErrCrashed) || errors.Is(rc.Err, guest.ErrTimeout) ||
+			errors.Is(rc.Err, guest.ErrSink)
 		if errors.Is(rc.Err, guest.ErrTimeout) {
 			w.metrics.BridgeTimeouts.Inc()
 		} else if !errors.Is(rc.Err, guest.ErrInput) && !errors.Is(rc.Err, guest.ErrSink) {

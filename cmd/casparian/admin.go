@@ -51,6 +51,11 @@ func databaseFlag(fs *flag.FlagSet) *string {
 // or a plain path), creating the file and the cf_* schema if needed, and
 // migrating a database written by the original system.
 func openStore(ctx context.Context, dsn string) (*store.Store, error) {
+	return openStoreWith(ctx, dsn, store.Options{})
+}
+
+// openStoreWith is openStore with store options.
+func openStoreWith(ctx context.Context, dsn string, opts store.Options) (*store.Store, error) {
 	path, err := store.ParseDSN(dsn)
 	if err != nil {
 		return nil, err
@@ -62,7 +67,7 @@ func openStore(ctx context.Context, dsn string) (*store.Store, error) {
 			return nil, fmt.Errorf("database %s: %s is not a directory", path, dir)
 		}
 	}
-	return store.Open(ctx, dsn, store.Options{})
+	return store.Open(ctx, dsn, opts)
 }
 
 // openExistingStore is openStore for read-mostly commands: it refuses to

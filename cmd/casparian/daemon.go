@@ -46,6 +46,8 @@ type sentinelFlags struct {
 	poll                             time.Duration
 	scanInterval                     time.Duration
 	tofu, allowUnsigned              bool
+	maxRetries                       int
+	backoff                          time.Duration
 }
 
 func (f *sentinelFlags) register(fs *flag.FlagSet) {
@@ -55,9 +57,23 @@ func (f *sentinelFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cleanup, "cleanup-interval", sentinel.DefaultCleanupInterval, "how often silent workers and expired leases are checked")
 	fs.DurationVar(&f.probe, "probe-interval", sentinel.DefaultProbeInterval, "how often workers are probed")
 	fs.DurationVar(&f.poll, "poll-interval", sentinel.DefaultPollInterval, "how often the queue is checked for jobs added by other processes")
+	fs.IntVar(&f.maxRetries, "max-retries", 5, "times a failed-retriable, lost or rejected job is queued again before it is FAILED for good (0: never)")
+	fs.DurationVar(&f.backoff, "retry-backoff", 2*time.Second, "delay before the first retry; it doubles for each later one (up to 5m)")
 	fs.BoolVar(&f.tofu, "trust-on-first-use", false, "trust the key of a correctly signed DEPLOY from an unknown publisher (default: only keys added with casparian keys trust)")
 	fs.BoolVar(&f.allowUnsigned, "allow-unsigned-deploys", false, "accept DEPLOYs without a signature (the original system's publisher)")
 	fs.DurationVar(&f.scanInterval, "scan-interval", 0, "rescan the source roots this often, queueing jobs for new and changed files (0: never; see casparian source add)")
+}
+
+// openStore opens the queue with the retry policy of the flags.
+func (f *sentinelFlags) openStore(ctx context.Context) (*store.Store, error) {
+	if f.maxRetries < 0 || f.backoff <= 0 {
+		return nil, errors.New("--max-retries must be 0 or more and --retry-backoff positive")
+	}
+	retries := f.maxRetries
+	if retries == 0 {
+		retries = -1 // store.Options: negative means none
+	}
+	return openStoreWith(ctx, *f.database, store.Options{MaxRetries: retries, BackoffBase: f.backoff})
 }
 
 // startScanner runs the periodic scan of the source roots, if enabled.
@@ -290,7 +306,7 @@ func cmdSentinel(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 2
 	}
 	defer d.close()
-	st, err := openStore(ctx, *sf.database)
+	st, err := sf.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
 		return 1
@@ -393,7 +409,7 @@ func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	defer d.close()
-	st, err := openStore(ctx, *sf.database)
+	st, err := sf.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian start: %v\n", err)
 		return 1

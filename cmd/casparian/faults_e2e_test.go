@@ -72,3 +72,32 @@ func crashTrial(t *testing.T, point string, trial int) {
 	}
 	c.sentinel.kill()
 }
+
+// A poison job (its plugin process dies every time) is tried exactly
+// 1 + --max-retries times with backoff, then FAILED with the last error;
+// the other jobs all complete meanwhile.
+func TestPoisonJobRetries(t *testing.T) {
+	c := newCluster(t)
+	plugin := filepath.Join(testenv.RepoRoot(), "cmd", "casparian", "testdata", "cluster", "poison_plugin.py")
+	inputs := writeInputs(t, filepath.Join(c.dir, "in"), 12, func(i int) string {
+		if i == 0 {
+			return "poison"
+		}
+		return "ok"
+	})
+	ids := c.enqueue("poison", plugin, inputs)
+	c.startSentinel("--max-retries", "4", "--retry-backoff", "200ms")
+	c.startWorker("w1", c.tcp)
+	waitFor(t, 3*time.Minute, "11 jobs COMPLETED and the poison one FAILED", func() bool {
+		m := c.counts()
+		return m[store.StatusCompleted] == 11 && m[store.StatusFailed] == 1
+	})
+	j := c.job(ids[0])
+	if j.Status != store.StatusFailed || j.Attempt != 5 || j.RetryCount != 4 {
+		t.Errorf("poison job: %s after %d attempts (%d retries), want FAILED after exactly 5 attempts", j.Status, j.Attempt, j.RetryCount)
+	}
+	if !strings.Contains(j.ErrorMessage, "9") || !strings.Contains(j.ErrorMessage, "CRASHED") {
+		t.Errorf("poison job's last error %q does not say how the plugin died", j.ErrorMessage)
+	}
+	c.expectOnePerJob("", ids[1:])
+}

@@ -145,6 +145,12 @@ type JobReceipt struct {
 	// fault of its own (the worker is shutting down), so the sentinel
 	// requeues it instead of failing it.
 	Requeue bool `json:"requeue,omitempty"`
+	// Retriable (extension), with FAILED: the failure may not recur (the
+	// plugin process crashed or was killed, the job timed out, a sink failed,
+	// e.g. a full disk), so the job is queued again with backoff, up to the
+	// retry limit. Without it a FAILED job is final (a plugin's own error,
+	// bad input or a schema mismatch would fail again the same way).
+	Retriable bool `json:"retriable,omitempty"`
 }
 
 type jobReceiptJSON JobReceipt
