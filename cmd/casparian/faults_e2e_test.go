@@ -5,8 +5,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/casparianflow/casparian/internal/fault"
 	"github.com/casparianflow/casparian/internal/testenv"
@@ -100,4 +103,82 @@ func TestPoisonJobRetries(t *testing.T) {
 		t.Errorf("poison job's last error %q does not say how the plugin died", j.ErrorMessage)
 	}
 	c.expectOnePerJob("", ids[1:])
+}
+
+// SIGTERM to a worker running 4 jobs: the two that finish within the drain
+// deadline complete; the two that cannot are aborted and handed back
+// (requeued, not failed), and run to completion on another worker. No job
+// stays RUNNING, and each has exactly one output.
+func TestWorkerDrain(t *testing.T) {
+	c := newCluster(t)
+	plugin := filepath.Join(testenv.RepoRoot(), "cmd", "casparian", "testdata", "cluster", "slow_plugin.py")
+	inputs := writeInputs(t, filepath.Join(c.dir, "in"), 4, func(i int) string {
+		if i < 2 {
+			return "2 4" // done within the 6 s drain deadline
+		}
+		return "60 4" // not: aborted and requeued
+	})
+	ids := c.enqueue("slow", plugin, inputs)
+	c.startSentinel()
+	w, _ := c.startWorker("draining", c.tcp, "--slots", "4", "--drain-timeout", "6s")
+	waitFor(t, time.Minute, "4 jobs running", func() bool { return c.counts()[store.StatusRunning] == 4 })
+	w.signal(syscall.SIGTERM)
+	if rc := w.wait(t, time.Minute); rc != 0 {
+		t.Errorf("the draining worker exited with %d", rc)
+	}
+	m := c.counts()
+	if m[store.StatusRunning] != 0 || m[store.StatusCompleted] != 2 || m[store.StatusQueued] != 2 {
+		t.Fatalf("after the drain: %v, want 2 COMPLETED, 2 QUEUED, none RUNNING", m)
+	}
+	// The long ones are handed back, not failed: shorten them and let
+	// another worker finish them.
+	for _, in := range inputs[2:] {
+		if err := os.WriteFile(in, []byte("0 4"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.startWorker("next", c.tcp)
+	c.waitDone(4, 2*time.Minute)
+	c.expectOnePerJob("", ids)
+}
+
+// A full disk while a Parquet file is written (the worker's file size is
+// capped at 64 KiB, as a small filesystem would cap it): the job fails with
+// a retriable SINK error, leaves no partial or temporary file, and once
+// space is back its retry completes.
+func TestDiskFullDuringWrite(t *testing.T) {
+	c := newCluster(t)
+	plugin := filepath.Join(testenv.RepoRoot(), "cmd", "casparian", "testdata", "cluster", "slow_plugin.py")
+	inputs := writeInputs(t, filepath.Join(c.dir, "in"), 1, func(int) string { return "0 400000" })
+	ids := c.enqueue("slow", plugin, inputs)
+	c.startSentinel("--retry-backoff", "3s")
+	w, _ := c.startWorker("w1", c.tcp)
+	// The soft limit only, so that it can be lifted again.
+	setFSize := func(cur uint64) {
+		t.Helper()
+		var lim unix.Rlimit
+		if err := unix.Prlimit(w.cmd.Process.Pid, unix.RLIMIT_FSIZE, nil, &lim); err != nil {
+			t.Fatal(err)
+		}
+		lim.Cur = min(cur, lim.Max)
+		if err := unix.Prlimit(w.cmd.Process.Pid, unix.RLIMIT_FSIZE, &lim, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setFSize(64 << 10)
+	waitFor(t, time.Minute, "the write to fail and the job to be requeued", func() bool {
+		j := c.job(ids[0])
+		return j.Status == store.StatusQueued && j.RetryCount == 1
+	})
+	j := c.job(ids[0])
+	if !strings.Contains(j.LastError, "SINK") {
+		t.Errorf("last error %q, want a SINK failure", j.LastError)
+	}
+	if got := c.outputs(""); len(got) != 0 { // also fails on temporary leftovers
+		t.Errorf("outputs after the failed write: %v", got)
+	}
+	// Space is back.
+	setFSize(unix.RLIM_INFINITY)
+	c.waitDone(1, time.Minute)
+	c.expectOnePerJob("", ids)
 }
