@@ -132,15 +132,7 @@ type Config struct {
 }
 
 // limits returns the resource limits of a plugin process.
-func (c Config) limits() rlimit.Limits {
-	switch {
-	case c.NoProcessLimits:
-		return rlimit.Limits{}
-	case c.ProcessLimits.Zero():
-		return rlimit.Defaults()
-	}
-	return c.ProcessLimits
-}
+func (c Config) limits() rlimit.Limits { return c.ProcessLimits.Effective(c.NoProcessLimits) }
 
 // Runtime runs go-plugin plugins. It is safe for concurrent use.
 type Runtime struct {

@@ -101,15 +101,7 @@ type Runtime struct {
 var _ guest.Runtime = (*Runtime)(nil)
 
 // limits returns the resource limits of a plugin process.
-func (c Config) limits() rlimit.Limits {
-	switch {
-	case c.NoProcessLimits:
-		return rlimit.Limits{}
-	case c.ProcessLimits.Zero():
-		return rlimit.Defaults()
-	}
-	return c.ProcessLimits
-}
+func (c Config) limits() rlimit.Limits { return c.ProcessLimits.Effective(c.NoProcessLimits) }
 
 // New checks the configuration, finds the interpreter and extracts the SDK.
 func New(cfg Config) (*Runtime, error) {

@@ -34,3 +34,15 @@ func Defaults() Limits {
 
 // Zero reports whether l sets no limit.
 func (l Limits) Zero() bool { return l == Limits{} }
+
+// Effective is what a guest configured with l and off applies: nothing when
+// off, Defaults when l is zero, else l.
+func (l Limits) Effective(off bool) Limits {
+	switch {
+	case off:
+		return Limits{}
+	case l.Zero():
+		return Defaults()
+	}
+	return l
+}

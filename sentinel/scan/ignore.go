@@ -46,16 +46,11 @@ func NewIgnore(patterns ...[]string) (*Ignore, error) {
 			if strings.HasSuffix(p, "/") {
 				r.dirOnly, p = true, strings.TrimSuffix(p, "/")
 			}
-			switch {
-			case strings.HasPrefix(p, "/"):
-				p = strings.TrimPrefix(p, "/")
-			case !strings.Contains(p, "/"):
-				p = "**/" + p
-			}
-			if p == "" || !doublestar.ValidatePattern(p) {
+			glob, ok := anchor(p)
+			if !ok {
 				return nil, fmt.Errorf("ignore pattern %q is not a valid pattern", r.text)
 			}
-			r.glob = p
+			r.glob = glob
 			ig.rules = append(ig.rules, r)
 		}
 	}
@@ -97,15 +92,22 @@ type TagRule struct {
 
 // CompileTagRule compiles one routing rule's pattern.
 func CompileTagRule(pattern, tag string) (TagRule, error) {
-	p := strings.TrimSpace(pattern)
+	glob, ok := anchor(strings.TrimSpace(pattern))
+	if !ok {
+		return TagRule{}, fmt.Errorf("routing pattern %q is not a valid pattern", pattern)
+	}
+	return TagRule{Tag: tag, glob: glob}, nil
+}
+
+// anchor turns a pattern into a root-relative doublestar glob: a leading
+// slash anchors it at the root, a pattern without a slash matches a name at
+// any depth. ok is false for an empty or invalid pattern.
+func anchor(p string) (glob string, ok bool) {
 	switch {
 	case strings.HasPrefix(p, "/"):
 		p = strings.TrimPrefix(p, "/")
 	case !strings.Contains(p, "/"):
 		p = "**/" + p
 	}
-	if p == "" || !doublestar.ValidatePattern(p) {
-		return TagRule{}, fmt.Errorf("routing pattern %q is not a valid pattern", pattern)
-	}
-	return TagRule{Tag: tag, glob: p}, nil
+	return p, p != "" && doublestar.ValidatePattern(p)
 }

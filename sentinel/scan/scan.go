@@ -84,6 +84,11 @@ func Scan(ctx context.Context, st *store.Store, opts Options) (Report, error) {
 		}
 		tagRules = append(tagRules, tr)
 	}
+	// Who subscribes to which tags, read once for the whole scan.
+	routing, err := st.Routing(ctx)
+	if err != nil {
+		return rep, err
+	}
 	for _, root := range roots {
 		if !root.Active {
 			continue
@@ -91,7 +96,7 @@ func Scan(ctx context.Context, st *store.Store, opts Options) (Report, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		if err := scanRoot(ctx, st, root, tagRules, opts, &rep); err != nil {
+		if err := scanRoot(ctx, st, root, tagRules, routing, opts, &rep); err != nil {
 			return rep, err
 		}
 	}
@@ -104,7 +109,7 @@ type candidate struct {
 	mtime     time.Time
 }
 
-func scanRoot(ctx context.Context, st *store.Store, root store.SourceRoot, tagRules []TagRule, opts Options, rep *Report) error {
+func scanRoot(ctx context.Context, st *store.Store, root store.SourceRoot, tagRules []TagRule, routing store.Routing, opts Options, rep *Report) error {
 	log := opts.Logger
 	if fi, err := os.Stat(root.Path); err != nil || !fi.IsDir() {
 		why := "it is not a directory"
@@ -179,7 +184,7 @@ func scanRoot(ctx context.Context, st *store.Store, root store.SourceRoot, tagRu
 	if walkErr != nil {
 		return walkErr
 	}
-	return hashAndRecord(ctx, st, root, tagRules, dirty, opts, rep)
+	return hashAndRecord(ctx, st, root, tagRules, routing, dirty, opts, rep)
 }
 
 // sameTime compares a stored mtime (float seconds) with a file's.
@@ -188,7 +193,8 @@ func sameTime(stored float64, t time.Time) bool {
 }
 
 // hashAndRecord hashes the dirty files in parallel and records each.
-func hashAndRecord(ctx context.Context, st *store.Store, root store.SourceRoot, tagRules []TagRule, dirty []candidate, opts Options, rep *Report) error {
+func hashAndRecord(ctx context.Context, st *store.Store, root store.SourceRoot, tagRules []TagRule, routing store.Routing,
+	dirty []candidate, opts Options, rep *Report) error {
 	jobs := make(chan candidate)
 	var mu sync.Mutex // guards rep and first
 	var first error
@@ -207,8 +213,8 @@ func hashAndRecord(ctx context.Context, st *store.Store, root store.SourceRoot, 
 				}
 				rep.Hashed++
 				mu.Unlock()
-				pr, err := st.Promote(ctx, root.ID, store.Observation{RelPath: c.rel, Hash: sum, Size: c.size,
-					ModTime: c.mtime, Tags: Tags(tagRules, c.rel)})
+				pr, err := st.PromoteRouted(ctx, root.ID, store.Observation{RelPath: c.rel, Hash: sum, Size: c.size,
+					ModTime: c.mtime, Tags: Tags(tagRules, c.rel)}, routing)
 				mu.Lock()
 				if err != nil && first == nil {
 					first = err

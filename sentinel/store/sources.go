@@ -249,17 +249,42 @@ type Promotion struct {
 // priority follows the file's age, as the original's: under a day 100,
 // under a week 50, else 10.
 func (s *Store) Promote(ctx context.Context, rootID int64, o Observation) (Promotion, error) {
+	rt, err := s.Routing(ctx)
+	if err != nil {
+		return Promotion{}, err
+	}
+	return s.PromoteRouted(ctx, rootID, o, rt)
+}
+
+// Routing is who subscribes to what, and the artifact each subscribed
+// plugin's jobs are made for, as of one moment (a scan reads it once).
+type Routing struct {
+	Subscriptions map[string][]string // plugin → tags
+	Artifacts     map[string]string   // plugin → artifact hash ("" without an active manifest)
+}
+
+// Routing reads the subscriptions and the subscribed plugins' artifacts.
+func (s *Store) Routing(ctx context.Context) (Routing, error) {
+	subs, err := s.Subscriptions(ctx)
+	if err != nil {
+		return Routing{}, err
+	}
+	rt := Routing{Subscriptions: subs, Artifacts: map[string]string{}}
+	for p := range subs {
+		rt.Artifacts[p] = s.artifactHash(ctx, p)
+	}
+	return rt, nil
+}
+
+// PromoteRouted is Promote with the routing read beforehand.
+func (s *Store) PromoteRouted(ctx context.Context, rootID int64, o Observation, rt Routing) (Promotion, error) {
 	now := s.now()
 	nowS := fmtTime(now)
 	mtime := float64(o.ModTime.UnixNano()) / 1e9
 	tags := slices.Clone(o.Tags)
 	slices.Sort(tags)
-	subs, err := s.Subscriptions(ctx)
-	if err != nil {
-		return Promotion{}, err
-	}
 	var plugins []string
-	for p, ts := range subs {
+	for p, ts := range rt.Subscriptions {
 		for _, t := range ts {
 			if slices.Contains(tags, t) {
 				plugins = append(plugins, p)
@@ -268,10 +293,7 @@ func (s *Store) Promote(ctx context.Context, rootID int64, o Observation) (Promo
 		}
 	}
 	slices.Sort(plugins)
-	artifacts := map[string]string{}
-	for _, p := range plugins {
-		artifacts[p] = s.artifactHash(ctx, p)
-	}
+	artifacts := rt.Artifacts
 	priority := int64(10)
 	switch age := now.Sub(o.ModTime); {
 	case age < 24*time.Hour:
@@ -280,7 +302,7 @@ func (s *Store) Promote(ctx context.Context, rootID int64, o Observation) (Promo
 		priority = 50
 	}
 	var pr Promotion
-	err = s.writeTx(ctx, func(tx *wtx) error {
+	err := s.writeTx(ctx, func(tx *wtx) error {
 		pr = Promotion{}
 		var locID, curVersion int64
 		var curHash string
