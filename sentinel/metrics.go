@@ -146,5 +146,6 @@ func transportStats(st transport.Stats) map[string]uint64 {
 		"too_many_handshakes": st.RejectedPending,
 		"send_buffer_full":    st.SendOverflows,
 		"write_timeout":       st.WriteTimeouts,
+		"auth_failure":        st.AuthFailures,
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/go-zeromq/zmq4/security/plain"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/casparianflow/casparian/sentinel/protocol"
@@ -83,6 +84,12 @@ type Config struct {
 	AllowUnsigned bool
 	// MaxPayload caps incoming payloads. Default protocol.DefaultMaxPayload.
 	MaxPayload uint32
+	// Security authenticates peers (workers, publishers): with a
+	// PlainPassword every endpoint requires ZeroMQ PLAIN with that shared
+	// secret; tls:// endpoints need Security.TLS (mutual TLS). Zero value:
+	// no authentication, as the original system (keep the endpoints on
+	// loopback or ipc://).
+	Security transport.ServerSecurity
 }
 
 func (c Config) withDefaults() Config {
@@ -198,6 +205,8 @@ func (s *Sentinel) Run(ctx context.Context) error {
 	if err := transport.Register(transport.DefaultLimits()); err != nil {
 		return fmt.Errorf("sentinel: %w", err)
 	}
+	transport.SetServerSecurity(s.cfg.Security)
+	s.warnInsecure()
 	if _, err := s.st.MarkWorkersGone(ctx, "sentinel restarted"); err != nil {
 		s.log.Warn("could not reset the worker table", "error", err)
 	}
@@ -214,7 +223,13 @@ func (s *Sentinel) Run(ctx context.Context) error {
 		if err := removeStaleSocket(ep); err != nil {
 			return fmt.Errorf("sentinel: --bind %s: %w", ep, err)
 		}
-		sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(zmqLogger(s.log)))
+		opts := []zmq4.Option{zmq4.WithLogger(zmqLogger(s.log))}
+		if len(s.cfg.Security.PlainPassword) > 0 {
+			// zmq4's PLAIN server accepts any credentials: the hardened
+			// listener has checked the password before zmq4 sees the conn.
+			opts = append(opts, zmq4.WithSecurity(plain.Security("", "")))
+		}
+		sock := zmq4.NewRouter(sockCtx, opts...)
 		defer sock.Close()
 		if err := sock.Listen(hep); err != nil {
 			return fmt.Errorf("sentinel: listen on %s: %w (is another sentinel running there?)", ep, err)
@@ -394,4 +409,27 @@ func sortedKeys[V any](m map[int64]V) []int64 {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	return ids
+}
+
+// warnInsecure logs the endpoints whose peers are not authenticated, or
+// whose shared secret would cross the network in clear.
+func (s *Sentinel) warnInsecure() {
+	for _, ep := range s.cfg.Bind {
+		scheme, rest, _ := strings.Cut(ep, "://")
+		if scheme != "tcp" && scheme != transport.SchemeTCP {
+			continue
+		}
+		host, _, err := net.SplitHostPort(rest)
+		if err != nil {
+			continue
+		}
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			continue
+		}
+		if len(s.cfg.Security.PlainPassword) == 0 {
+			s.log.Warn("endpoint reachable from the network accepts unauthenticated peers: set --secret-file (and use tls:// for remote workers)", "endpoint", ep)
+		} else {
+			s.log.Warn("the shared secret crosses the network in clear on this endpoint: use tls:// for remote workers", "endpoint", ep)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -72,6 +73,12 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the exponential backoff between
 	// connection attempts. Defaults 100 ms and 5 s.
 	ReconnectMin, ReconnectMax time.Duration
+	// Secret is the shared secret the sentinel requires (ZeroMQ PLAIN, user
+	// name = WorkerID); nil: no authentication.
+	Secret []byte
+	// TLS is the client configuration of tls:// endpoints (certificate,
+	// key and the CA of the sentinel's certificate).
+	TLS *tls.Config
 	// Plugin turns a DISPATCH into the plugin to load. Default
 	// DispatchPlugin.
 	Plugin func(*protocol.DispatchCommand) (guest.Plugin, error)
@@ -241,6 +248,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: --connect %s: %w", w.cfg.Connect, err)
 	}
+	if w.cfg.TLS != nil {
+		transport.SetClientTLS(w.cfg.TLS)
+	}
 	var drainDeadline <-chan time.Time
 	var drainTimer *time.Timer
 	defer func() {
@@ -313,10 +323,11 @@ func (w *Worker) session(ctx context.Context, ep string, startDrain func(), drai
 	// duplicate messages. A fresh random identity avoids colliding with
 	// the previous connection's routing entry.
 	sock := zmq4.NewDealer(sockCtx, zmq4.WithID(newIdentity()), zmq4.WithDialerMaxRetries(0),
-		zmq4.WithDialerTimeout(5*time.Second), zmq4.WithLogger(log.New(io.Discard, "", 0)))
+		zmq4.WithDialerTimeout(5*time.Second), zmq4.WithLogger(log.New(io.Discard, "", 0)),
+		transport.ClientSecurity(w.cfg.WorkerID, w.cfg.Secret))
 	defer sock.Close()
 	if err := sock.Dial(ep); err != nil {
-		return false, err
+		return false, transport.ExplainDialError(err)
 	}
 	w.sock = sock
 	defer func() { w.sock = nil; w.metrics.Connected.Set(0) }()

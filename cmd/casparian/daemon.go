@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -92,6 +93,9 @@ func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger,
 }
 
 type workerFlags struct {
+	secret    []byte      // set from securityFlags by the command
+	clientTLS *tls.Config // likewise
+
 	output, workerID, caps, compression, guests string
 	envsDir                                     string
 	envsMaxMB                                   int64
@@ -181,7 +185,7 @@ func (f *workerFlags) newWorker(ctx context.Context, connect string, log *slog.L
 	}
 	w, err := worker.New(worker.Config{Connect: connect, WorkerID: f.workerID, Capabilities: caps, Slots: f.slots,
 		Host: h, Logger: log, Registerer: reg, HeartbeatInterval: f.heartbeat, SentinelTimeout: f.sentinelTimeout,
-		DrainTimeout: f.drain, Plugin: worker.DispatchPlugin, Envs: em})
+		DrainTimeout: f.drain, Plugin: worker.DispatchPlugin, Envs: em, Secret: f.secret, TLS: f.clientTLS})
 	if err != nil {
 		if em != nil {
 			em.Close()
@@ -292,10 +296,12 @@ func cmdSentinel(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	var (
 		c    commonFlags
 		sf   sentinelFlags
+		sec  securityFlags
 		bind multiValue
 	)
 	c.register(fs)
 	sf.register(fs)
+	sec.register(fs)
 	fs.Var(&bind, "bind", "endpoint to listen on: tcp://HOST:PORT or ipc:///PATH; repeatable or comma-separated (default "+sentinel.DefaultBind+")")
 	if rc := parseDaemonFlags(fs, args, stderr, "Usage: casparian sentinel [--bind tcp://0.0.0.0:5555] [--database sqlite://casparian_flow.db] [flags]\n\nRuns the control plane: the SQLite job queue and the ZeroMQ ROUTER workers connect to.\n"); rc >= 0 {
 		return rc
@@ -312,7 +318,12 @@ func cmdSentinel(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 1
 	}
 	defer st.Close()
-	s, err := sentinel.New(sf.config(bind, st, d.log, d.reg))
+	cfg := sf.config(bind, st, d.log, d.reg)
+	if cfg.Security, err = sec.server(); err != nil {
+		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
+		return 1
+	}
+	s, err := sentinel.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian sentinel: %v\n", err)
 		return 1
@@ -354,10 +365,12 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var (
 		c       commonFlags
 		wf      workerFlags
+		sec     securityFlags
 		connect string
 	)
 	c.register(fs)
 	wf.register(fs)
+	sec.register(fs)
 	fs.StringVar(&connect, "connect", worker.DefaultConnect, "sentinel endpoint: tcp://HOST:PORT or ipc:///PATH")
 	if rc := parseDaemonFlags(fs, args, stderr, "Usage: casparian worker --connect tcp://HOST:5555 --output DIR [flags]\n\nRuns jobs the sentinel dispatches, up to --slots at once. SIGTERM drains: running jobs finish (or are handed back after --drain-timeout).\n"); rc >= 0 {
 		return rc
@@ -368,6 +381,10 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 	defer d.close()
+	if wf.secret, wf.clientTLS, err = sec.client(); err != nil {
+		fmt.Fprintf(stderr, "casparian worker: %v\n", err)
+		return 1
+	}
 	w, cleanup, err := wf.newWorker(ctx, connect, d.log, d.reg)
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian worker: %v\n", err)
@@ -392,12 +409,14 @@ func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		c         commonFlags
 		sf        sentinelFlags
 		wf        workerFlags
+		sec       securityFlags
 		addr      string
 		untilIdle bool
 	)
 	c.register(fs)
 	sf.register(fs)
 	wf.register(fs)
+	sec.register(fs)
 	fs.StringVar(&addr, "addr", sentinel.DefaultBind, "endpoint the sentinel binds and the worker connects to (tcp://HOST:PORT or ipc:///PATH)")
 	fs.BoolVar(&untilIdle, "exit-when-done", false, "stop once no job is QUEUED or RUNNING (for batch runs and demos)")
 	if rc := parseDaemonFlags(fs, args, stderr, "Usage: casparian start [--addr tcp://127.0.0.1:5555] [--database sqlite://casparian_flow.db] [--output output] [flags]\n\nRuns a sentinel and one worker in one process. Add jobs with casparian enqueue; watch them with casparian jobs.\n"); rc >= 0 {
@@ -415,7 +434,17 @@ func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	defer st.Close()
-	s, err := sentinel.New(sf.config([]string{addr}, st, d.log.With("component", "sentinel"), d.reg))
+	cfg := sf.config([]string{addr}, st, d.log.With("component", "sentinel"), d.reg)
+	if cfg.Security, err = sec.server(); err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	// The embedded worker presents the same secret and certificate.
+	if wf.secret, wf.clientTLS, err = sec.client(); err != nil {
+		fmt.Fprintf(stderr, "casparian start: %v\n", err)
+		return 1
+	}
+	s, err := sentinel.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "casparian start: %v\n", err)
 		return 1

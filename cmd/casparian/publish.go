@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -33,7 +34,7 @@ import (
 )
 
 func cmdKeys(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	usage := "Usage: casparian keys generate [--dir DIR]\n       casparian keys trust [--database DB] --name NAME [--email E] PUBLIC_KEY|FILE\n       casparian keys list [--database DB]\n"
+	usage := "Usage: casparian keys generate [--dir DIR]\n       casparian keys trust [--database DB] --name NAME [--email E] PUBLIC_KEY|FILE\n       casparian keys list [--database DB]\n       casparian keys secret FILE\n"
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -92,6 +93,21 @@ func cmdKeys(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "publisher %d %s: key %s may publish\n", id, *name, signing.Fingerprint(pub))
 		return 0
+	case "secret":
+		if rc := parseAdminFlags(fs, args[1:]); rc >= 0 {
+			return rc
+		}
+		if fs.NArg() != 1 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		if err := transport.WriteSecret(fs.Arg(0)); err != nil {
+			fmt.Fprintf(stderr, "casparian keys secret: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "shared secret written to %s (mode 0600)\n", fs.Arg(0))
+		fmt.Fprintf(stdout, "give it to the sentinel, its workers and publishers: --secret-file %s (or $%s)\n", fs.Arg(0), envSecretFile)
+		return 0
 	case "list":
 		db := databaseFlag(fs)
 		if rc := parseAdminFlags(fs, args[1:]); rc >= 0 {
@@ -149,6 +165,8 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.Var(&sinks, "sink", "TOPIC=URI: send a topic to a sink (repeatable)")
 	dryRun := fs.Bool("dry-run", false, "check, hash and sign, print what would be sent, send nothing")
 	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for the sentinel's answer")
+	var sec securityFlags
+	sec.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: casparian publish [flags] PLUGIN\n\nPublish a plugin (a .py file, a go-plugin executable, a .wasm module or a manifest .json)\n"+
 			"to the sentinel, signed with your publisher key. Publishing the same content again changes nothing.\n\nFlags:\n")
@@ -259,7 +277,11 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stdout, "dry run: nothing sent")
 		return 0
 	}
-	msg, err := deploy(ctx, *connect, d, *timeout)
+	secret, tlsCfg, err := sec.client()
+	if err != nil {
+		return fail("%v", err)
+	}
+	msg, err := deploy(ctx, *connect, d, *timeout, *publisher, secret, tlsCfg)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -268,9 +290,13 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 }
 
 // deploy sends d to the sentinel at endpoint and waits for its ACK or ERR.
-func deploy(ctx context.Context, endpoint string, d protocol.DeployCommand, timeout time.Duration) (string, error) {
+func deploy(ctx context.Context, endpoint string, d protocol.DeployCommand, timeout time.Duration,
+	user string, secret []byte, tlsCfg *tls.Config) (string, error) {
 	if err := transport.Register(transport.DefaultLimits()); err != nil {
 		return "", err
+	}
+	if tlsCfg != nil {
+		transport.SetClientTLS(tlsCfg)
 	}
 	ep, err := transport.Endpoint(endpoint)
 	if err != nil {
@@ -279,9 +305,12 @@ func deploy(ctx context.Context, endpoint string, d protocol.DeployCommand, time
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	sock := zmq4.NewDealer(ctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(5*time.Second),
-		zmq4.WithLogger(log.New(io.Discard, "", 0)))
+		zmq4.WithLogger(log.New(io.Discard, "", 0)), transport.ClientSecurity(user, secret))
 	defer sock.Close()
 	if err := sock.Dial(ep); err != nil {
+		if e := transport.ExplainDialError(err); e != err {
+			return "", fmt.Errorf("the sentinel at %s refused this publisher: %v", endpoint, e)
+		}
 		return "", fmt.Errorf("cannot reach the sentinel at %s: %v (is it running? --connect sets the endpoint)", endpoint, err)
 	}
 	m, err := protocol.NewMessage(protocol.OpDeploy, 0, d)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -30,7 +31,7 @@ var nullGreeting = func() []byte {
 const maxHandshakeFrame = 64 << 10
 
 var errSwallowMismatch = newLimitError(KindBadHandshake,
-	"zmq4 greeting differs from the pre-sent NULL greeting (only NULL security is supported on hardened listeners)")
+	"zmq4 greeting differs from the pre-sent greeting (the socket's security must match the listener's: NULL, or PLAIN when a password is set)")
 
 // conn wraps a net.Conn: handshake deadline, frame/message caps on the read
 // side and, for listener conns, replay of the pre-read handshake.
@@ -313,10 +314,10 @@ func ownSocketType(w []byte) (string, bool) {
 }
 
 // preHandshake runs on the listener side, outside zmq4's accept loop: it
-// sends the NULL greeting and reads the peer's greeting and first command
+// sends the greeting (NULL, or PLAIN when a password is required) and reads the peer's greeting and first command
 // frame, all under the handshake deadline already armed on c.
-func preHandshake(c net.Conn, lim Limits) ([]byte, error) {
-	if _, err := c.Write(nullGreeting); err != nil {
+func preHandshake(c net.Conn, lim Limits, greeting []byte) ([]byte, error) {
+	if _, err := c.Write(greeting); err != nil {
 		return nil, err
 	}
 	buf := make([]byte, greetingLen+9, greetingLen+9+64)
@@ -326,6 +327,14 @@ func preHandshake(c net.Conn, lim Limits) ([]byte, error) {
 	// Validate the greeting early (the conn parser checks it again).
 	if err := newFrameParser(0, 0).feed(buf[:greetingLen]); err != nil {
 		return nil, err
+	}
+	if !bytes.Equal(buf[12:32], greeting[12:32]) {
+		mech := strings.TrimRight(string(buf[12:32]), "\x00")
+		want := strings.TrimRight(string(greeting[12:32]), "\x00")
+		if want == "PLAIN" {
+			return nil, fmt.Errorf("%w: peer offered security mechanism %q, the sentinel requires PLAIN (a shared secret)", ErrAuthFailed, mech)
+		}
+		return nil, newLimitError(KindBadHandshake, "peer offered security mechanism %q, this listener speaks %s", mech, want)
 	}
 	hdr := buf[greetingLen : greetingLen+2]
 	if _, err := io.ReadFull(c, hdr); err != nil {

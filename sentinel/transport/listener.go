@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -12,9 +13,11 @@ import (
 // (which runs the handshake synchronously) only ever receives conns whose
 // peer greeting and first command are already buffered.
 type listener struct {
-	inner net.Listener
-	reg   *registry
-	lim   Limits
+	inner    net.Listener
+	reg      *registry
+	lim      Limits
+	password []byte      // PLAIN password peers must present; nil: NULL
+	tls      *tls.Config // set on tls:// listeners
 
 	ready chan *conn
 	done  chan struct{}
@@ -28,15 +31,17 @@ type listener struct {
 	closeErr  error
 }
 
-func newListener(inner net.Listener, reg *registry, lim Limits) *listener {
+func newListener(inner net.Listener, reg *registry, lim Limits, password []byte, tlsCfg *tls.Config) *listener {
 	l := &listener{
-		inner:   inner,
-		reg:     reg,
-		lim:     lim,
-		ready:   make(chan *conn),
-		done:    make(chan struct{}),
-		sem:     make(chan struct{}, lim.MaxPendingHandshakes),
-		pending: make(map[*conn]struct{}),
+		inner:    inner,
+		reg:      reg,
+		lim:      lim,
+		password: password,
+		tls:      tlsCfg,
+		ready:    make(chan *conn),
+		done:     make(chan struct{}),
+		sem:      make(chan struct{}, lim.MaxPendingHandshakes),
+		pending:  make(map[*conn]struct{}),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -74,6 +79,11 @@ func (l *listener) acceptLoop() {
 			_ = raw.Close()
 			continue
 		}
+		if l.tls != nil {
+			// The TLS handshake runs inside the pre-handshake's first
+			// write, under the handshake deadline newConn arms.
+			raw = tls.Server(raw, l.tls)
+		}
 		hc := newConn(raw, l.reg, l.lim)
 		l.mu.Lock()
 		select {
@@ -102,13 +112,23 @@ func (l *listener) handshake(hc *conn) {
 	defer func() { <-l.sem }()
 	defer l.untrack(hc)
 
-	pre, err := preHandshake(hc.Conn, l.lim)
+	greeting := nullGreeting
+	if l.password != nil {
+		greeting = plainGreeting
+	}
+	pre, err := preHandshake(hc.Conn, l.lim, greeting)
+	if err == nil && l.password != nil {
+		err = checkPlain(hc.Conn, pre, l.password)
+	}
 	if err != nil {
 		var (
 			le *LimitError
 			ne net.Error
 		)
+		tc, isTLS := hc.Conn.(*tls.Conn)
 		switch {
+		case errors.Is(err, ErrAuthFailed), isTLS && !tc.ConnectionState().HandshakeComplete:
+			hc.closeCounting(&l.reg.stats.authFailures)
 		case errors.As(err, &le):
 			hc.violation(le)
 		case errors.As(err, &ne) && ne.Timeout():
@@ -119,7 +139,7 @@ func (l *listener) handshake(hc *conn) {
 		return
 	}
 	hc.pre = pre
-	hc.swallow = append([]byte(nil), nullGreeting...)
+	hc.swallow = append([]byte(nil), greeting...)
 	select {
 	case l.ready <- hc:
 	case <-l.done:

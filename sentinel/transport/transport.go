@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -105,6 +106,7 @@ type Stats struct {
 	RejectedPending   uint64 // closed because MaxPendingHandshakes was reached
 	SendOverflows     uint64 // a Write would have queued more than MaxSendBuffer
 	WriteTimeouts     uint64 // the peer accepted no bytes for WriteTimeout
+	AuthFailures      uint64 // wrong or missing PLAIN password, failed TLS handshake
 }
 
 type counters struct {
@@ -115,11 +117,14 @@ type counters struct {
 	rejectedPending   atomic.Uint64
 	sendOverflows     atomic.Uint64
 	writeTimeouts     atomic.Uint64
+	authFailures      atomic.Uint64
 }
 
 type registry struct {
-	limits atomic.Pointer[Limits]
-	stats  counters
+	limits    atomic.Pointer[Limits]
+	server    atomic.Pointer[ServerSecurity]
+	clientTLS atomic.Pointer[tls.Config]
+	stats     counters
 }
 
 var (
@@ -147,6 +152,9 @@ func Register(l Limits) error {
 	if err := zmq4.RegisterTransport(SchemeIPC, &hardened{network: "unix", reg: &global}); err != nil {
 		return fmt.Errorf("transport: register %s: %w", SchemeIPC, err)
 	}
+	if err := zmq4.RegisterTransport(SchemeTLS, &hardened{network: "tcp", tls: true, reg: &global}); err != nil {
+		return fmt.Errorf("transport: register %s: %w", SchemeTLS, err)
+	}
 	registered = true
 	return nil
 }
@@ -162,11 +170,12 @@ func CurrentStats() Stats {
 		RejectedPending:   s.rejectedPending.Load(),
 		SendOverflows:     s.sendOverflows.Load(),
 		WriteTimeouts:     s.writeTimeouts.Load(),
+		AuthFailures:      s.authFailures.Load(),
 	}
 }
 
 // Endpoint rewrites a user endpoint to its hardened scheme:
-// tcp:// -> ctcp://, ipc:// -> cipc://. Hardened endpoints are returned
+// tcp:// -> ctcp://, ipc:// -> cipc://, tls:// -> ctls://. Hardened endpoints are returned
 // unchanged; any other scheme is an error (there is no hardened
 // inproc/udp).
 func Endpoint(ep string) (string, error) {
@@ -179,6 +188,8 @@ func Endpoint(ep string) (string, error) {
 		return SchemeTCP + "://" + rest, nil
 	case "ipc", SchemeIPC:
 		return SchemeIPC + "://" + rest, nil
+	case "tls", SchemeTLS:
+		return SchemeTLS + "://" + rest, nil
 	}
 	return "", fmt.Errorf("%w: %q", errBadScheme, ep)
 }
@@ -186,6 +197,7 @@ func Endpoint(ep string) (string, error) {
 // hardened implements zmq4's transport.Transport.
 type hardened struct {
 	network string
+	tls     bool // ZMTP over TLS (SchemeTLS)
 	reg     *registry
 }
 
@@ -207,6 +219,14 @@ func (h *hardened) Dial(ctx context.Context, dialer zt.Dialer, addr string) (net
 	if err != nil {
 		return nil, err
 	}
+	if h.tls {
+		tc, err := h.dialTLS(ctx, c, addr, lim)
+		if err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		c = tc
+	}
 	return newConn(c, h.reg, lim), nil
 }
 
@@ -217,11 +237,19 @@ func (h *hardened) Listen(ctx context.Context, addr string) (net.Listener, error
 		return nil, err
 	}
 	var lc net.ListenConfig
+	sec := h.reg.serverSecurity()
+	if h.tls && sec.TLS == nil {
+		return nil, errors.New("transport: a tls:// endpoint needs a server certificate (--tls-cert, --tls-key, --tls-client-ca)")
+	}
 	inner, err := lc.Listen(ctx, h.network, addr)
 	if err != nil {
 		return nil, err
 	}
-	return newListener(inner, h.reg, lim), nil
+	var tlsCfg *tls.Config
+	if h.tls {
+		tlsCfg = sec.TLS
+	}
+	return newListener(inner, h.reg, lim, sec.PlainPassword, tlsCfg), nil
 }
 
 // Addr normalises an endpoint address like zmq4's tcp/ipc transports.
@@ -230,3 +258,27 @@ func (h *hardened) Addr(ep string) (string, error) {
 }
 
 var _ zt.Transport = (*hardened)(nil)
+
+// dialTLS runs the client side of the TLS handshake on c under the
+// handshake deadline, so certificate errors surface as the dial's error.
+func (h *hardened) dialTLS(ctx context.Context, c net.Conn, addr string, lim Limits) (net.Conn, error) {
+	cfg := h.reg.clientTLS.Load()
+	if cfg == nil {
+		return nil, errors.New("transport: a tls:// endpoint needs a client certificate (--tls-cert, --tls-key, --tls-ca)")
+	}
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ServerName = host
+	}
+	tc := tls.Client(c, cfg)
+	hctx, cancel := context.WithTimeout(ctx, lim.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+	}
+	return tc, nil
+}
