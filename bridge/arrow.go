@@ -37,13 +37,26 @@ func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.Re
 			err = fmt.Errorf("%w: decoder panic: %v", ErrInvalidArrow, p)
 		}
 	}()
-	rdr, err := ipc.NewReader(newIPCGuard(body, limit), ipc.WithAllocator(mem),
+	tr := newAllocTracker(mem)
+	rdr, err := ipc.NewReader(newIPCGuard(body, limit), ipc.WithAllocator(tr),
 		ipc.WithMetadataSizeLimit(limit), ipc.WithBodySizeLimit(limit))
 	if err != nil {
+		tr.freeStep()
 		return 0, fmt.Errorf("%w: %v", ErrInvalidArrow, err)
 	}
-	defer rdr.Release()
-	for rdr.Next() {
+	failed := false // the last Next returned no record
+	defer func() {
+		rdr.Release()
+		if failed {
+			tr.freeStep() // what a recovered decoder panic left behind
+		}
+	}()
+	for {
+		tr.step()
+		if !rdr.Next() {
+			failed = true
+			break
+		}
 		rec := rdr.RecordBatch()
 		if err := ValidateRecord(rec); err != nil {
 			return n, err
