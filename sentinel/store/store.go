@@ -40,6 +40,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -163,6 +164,12 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store: invalid synchronous %q", opts.Synchronous)
 	}
 	busy := opts.BusyTimeout.Milliseconds()
+	// A new queue is readable and writable by its owner only (SQLite
+	// gives its -wal and -shm files the same mode): enqueueing is writing
+	// this file, and it holds the plugins' source.
+	if f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+		_ = f.Close()
+	}
 
 	w, err := sql.Open("sqlite", fmt.Sprintf(
 		"%s?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=synchronous(%s)&_txlock=immediate",

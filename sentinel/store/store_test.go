@@ -795,3 +795,38 @@ func make4(*testing.T) []JobSpec {
 	return []JobSpec{{FileVersionID: 1, PluginName: "p"}, {FileVersionID: 1, PluginName: "p"},
 		{FileVersionID: 1, PluginName: "p"}, {FileVersionID: 1, PluginName: "p"}}
 }
+
+// A new queue file (and its WAL) is private to its owner: enqueueing is
+// writing it. An existing file keeps its mode.
+func TestNewDatabaseIsPrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	s, err := Open(context.Background(), path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Counts(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + "-wal"} {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", filepath.Base(p), st.Mode().Perm())
+		}
+	}
+	shared := filepath.Join(t.TempDir(), "shared.db")
+	if err := os.WriteFile(shared, nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(context.Background(), shared, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if st, _ := os.Stat(shared); st.Mode().Perm() != 0o640 {
+		t.Errorf("existing file's mode changed to %v", st.Mode().Perm())
+	}
+}
