@@ -40,9 +40,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
 	"math"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"time"
 
