@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -373,30 +372,7 @@ func (st *runState) outOfMemory() bool {
 
 // guestFailure builds the error for a non-zero status from an export.
 func (st *runState) guestFailure(fn string, status uint32) error {
-	if st.errDoc == nil {
-		return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s: %s failed with status %d and reported no error", st.label, fn, status),
-			Hint:    "call casparian.set_error before returning a non-zero status (docs/WASM_ABI.md)"}
-	}
-	var d abi.Error
-	if err := json.Unmarshal(st.errDoc, &d); err != nil || d.Message == "" {
-		return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s failed: %s", st.label, truncate(strings.ToValidUTF8(string(st.errDoc), "\uFFFD"), 2000))}
-	}
-	kind := guest.ErrPlugin
-	switch d.Kind {
-	case "INPUT":
-		kind = guest.ErrInput
-	case "SCHEMA":
-		kind = guest.ErrSchema
-	case "RESOURCE_LIMIT":
-		kind = guest.ErrResourceLimit
-	}
-	msg := d.Message
-	if d.Type != "" && !strings.HasPrefix(msg, d.Type) {
-		msg = d.Type + ": " + msg
-	}
-	return &guest.Error{Kind: kind, ExitCode: -1, Message: msg, Traceback: d.Traceback, Hint: failureHint(kind, msg)}
+	return parseFailure(st.errDoc, st.label, fn, status)
 }
 
 func failureHint(kind error, msg string) string {
@@ -440,22 +416,6 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// readGuest reads size bytes at ptr of the module's memory (a view, not a
-// copy), or stops the module when they lie outside it.
-func (st *runState) readGuest(mod api.Module, what string, ptr, size uint32) []byte {
-	b, ok := mod.Memory().Read(ptr, size)
-	if !ok {
-		st.stop(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s: %s (pointer %d, length %d) lies outside the module's %d-byte memory", st.label, what, ptr, size, mod.Memory().Size())})
-	}
-	return b
-}
-
-// emitFailure marks an error of guest.Output.Emit inside bridge.ReadIPC.
-type emitFailure struct{ err error }
-
-func (e emitFailure) Error() string { return e.err.Error() }
-
 // hostEmit implements casparian.emit(topic_ptr, topic_len, ipc_ptr, ipc_len) -> status.
 func hostEmit(ctx context.Context, mod api.Module, stack []uint64) {
 	st := stateOf(ctx)
@@ -469,43 +429,21 @@ func hostEmit(ctx context.Context, mod api.Module, stack []uint64) {
 	}
 	st.idle.pause() // the host's time, not the module's
 	defer st.idle.poke()
-	tp, tl := api.DecodeU32(stack[0]), api.DecodeU32(stack[1])
-	dp, dl := api.DecodeU32(stack[2]), api.DecodeU32(stack[3])
-	if tl > bridge.MaxTopicLen {
-		st.stop(&guest.Error{Kind: guest.ErrSchema, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s: topic name of %d bytes is longer than %d", st.label, tl, bridge.MaxTopicLen)})
+	topic, data, gerr := decodeEmit(mod.Memory(), st.label, st.topics, st.rt.cfg.MaxBatchBytes,
+		api.DecodeU32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]), api.DecodeU32(stack[3]))
+	if gerr != nil {
+		st.stop(gerr)
 	}
-	topic := string(st.readGuest(mod, "emit topic", tp, tl))
-	if err := validateTopic(topic); err != nil {
-		st.stop(&guest.Error{Kind: guest.ErrSchema, ExitCode: -1, Message: fmt.Sprintf("plugin %s: %v", st.label, err), Err: err})
-	}
-	if st.topics != nil && !st.topics[topic] {
-		st.stop(&guest.Error{Kind: guest.ErrSchema, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s emitted to topic %q, which its Info does not declare", st.label, topic),
-			Hint:    "emit only to the topics listed in Info().Topics, or list this one"})
-	}
-	if max := st.rt.cfg.MaxBatchBytes; int64(dl) > max {
-		st.stop(&guest.Error{Kind: guest.ErrResourceLimit, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s: batch of %d bytes for topic %q exceeds the %d-byte limit", st.label, dl, topic, max),
-			Hint:    "emit smaller batches (the Go SDK splits them by itself), or raise the WASM batch limit"})
-	}
-	data := st.readGuest(mod, "emit data", dp, dl)
-	_, err := bridge.ReadIPC(bytes.NewReader(data), int64(dl), st.rt.cfg.Allocator, func(rec arrow.RecordBatch) error {
+	gerr = decodeBatches(data, st.rt.cfg.Allocator, st.label, topic, func(rec arrow.RecordBatch) error {
 		if err := st.out.Emit(ctx, topic, rec); err != nil {
-			return emitFailure{err}
+			return err
 		}
 		st.batches++
 		st.rows += rec.NumRows()
 		return nil
 	})
-	if err != nil {
-		var ef emitFailure
-		if errors.As(err, &ef) {
-			st.stop(guest.AsError(ef.err, guest.ErrSink))
-		}
-		st.stop(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Err: err,
-			Message: fmt.Sprintf("plugin %s: topic %q: %v", st.label, topic, err),
-			Hint:    "emit takes one uncompressed Arrow IPC stream: a schema message, then record batches (docs/WASM_ABI.md)"})
+	if gerr != nil {
+		st.stop(gerr)
 	}
 	stack[0] = api.EncodeU32(abi.StatusOK)
 }
@@ -519,15 +457,9 @@ func hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 		panic(errStopped)
 	}
 	st.idle.poke()
-	level := slog.Level(api.DecodeI32(stack[0]))
-	p, n := api.DecodeU32(stack[1]), api.DecodeU32(stack[2])
-	cut := n > maxLogLine
-	if cut {
-		n = maxLogLine
-	}
-	msg := strings.ToValidUTF8(string(st.readGuest(mod, "log message", p, n)), "\uFFFD")
-	if cut {
-		msg += "…"
+	level, msg, gerr := decodeLog(mod.Memory(), st.label, api.DecodeI32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]))
+	if gerr != nil {
+		st.stop(gerr)
 	}
 	if st.out == nil {
 		st.rt.cfg.Logger.Log(ctx, level, msg, "plugin", st.label, "stream", "sdk")
@@ -542,12 +474,11 @@ func hostSetInfo(ctx context.Context, mod api.Module, stack []uint64) {
 	if st == nil {
 		panic(errStopped)
 	}
-	p, n := api.DecodeU32(stack[0]), api.DecodeU32(stack[1])
-	if n > maxDocBytes {
-		st.stop(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s: Info JSON of %d bytes is larger than %d", st.label, n, maxDocBytes)})
+	doc, gerr := decodeInfoDoc(mod.Memory(), st.label, api.DecodeU32(stack[0]), api.DecodeU32(stack[1]))
+	if gerr != nil {
+		st.stop(gerr)
 	}
-	st.info = bytes.Clone(st.readGuest(mod, "set_info document", p, n))
+	st.info = doc
 }
 
 // hostSetError implements casparian.set_error(json_ptr, json_len).
@@ -556,9 +487,9 @@ func hostSetError(ctx context.Context, mod api.Module, stack []uint64) {
 	if st == nil {
 		panic(errStopped)
 	}
-	p, n := api.DecodeU32(stack[0]), api.DecodeU32(stack[1])
-	if n > maxDocBytes {
-		n = maxDocBytes // an over-long error keeps its start
+	doc, gerr := decodeErrorDoc(mod.Memory(), st.label, api.DecodeU32(stack[0]), api.DecodeU32(stack[1]))
+	if gerr != nil {
+		st.stop(gerr)
 	}
-	st.errDoc = bytes.Clone(st.readGuest(mod, "set_error document", p, n))
+	st.errDoc = doc
 }

@@ -89,7 +89,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -614,16 +613,9 @@ func (r *Runtime) probe(ctx context.Context, m *module, label string) (abi.Info,
 			Message: fmt.Sprintf("plugin %s: casparian_info returned 0 without calling casparian.set_info", label),
 			Hint:    "casparian_info must pass the plugin's Info JSON to the set_info import (docs/WASM_ABI.md)"}
 	}
-	var info abi.Info
-	if err := json.Unmarshal(st.info, &info); err != nil {
-		return abi.Info{}, &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Err: err,
-			Message: fmt.Sprintf("plugin %s: invalid Info JSON from casparian_info: %v", label, err)}
-	}
-	for _, t := range info.Topics {
-		if err := validateTopic(t.Name); err != nil {
-			return abi.Info{}, &guest.Error{Kind: guest.ErrSchema, ExitCode: -1,
-				Message: fmt.Sprintf("plugin %s declares an invalid topic: %v", label, err)}
-		}
+	info, gerr := parseInfo(st.info, label)
+	if gerr != nil {
+		return abi.Info{}, gerr
 	}
 	ok = ctx.Err() == nil
 	return info, nil
