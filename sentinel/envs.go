@@ -52,7 +52,7 @@ func (s *Sentinel) envExclusions(ctx context.Context, w *worker) ([]string, erro
 	if err != nil || len(envs) == 0 {
 		return nil, err
 	}
-	var except []string
+	var except, candidates []string
 	for plugin, e := range envs {
 		if w.envs[e.Hash] {
 			continue
@@ -61,12 +61,21 @@ func (s *Sentinel) envExclusions(ctx context.Context, w *worker) ([]string, erro
 		if at, ok := w.preparing[e.Hash]; ok && time.Since(at) < prepareRetry {
 			continue
 		}
-		waiting, err := s.st.HasQueued(ctx, plugin)
-		if err != nil {
-			return nil, err
-		}
-		if !waiting {
+		candidates = append(candidates, plugin)
+	}
+	// Only plugins with work waiting are worth an environment build; one
+	// query for all of them.
+	waiting, err := s.st.QueuedAmong(ctx, candidates)
+	if err != nil {
+		return nil, err
+	}
+	for _, plugin := range candidates {
+		e := envs[plugin]
+		if !waiting[plugin] {
 			continue
+		}
+		if at, ok := w.preparing[e.Hash]; ok && time.Since(at) < prepareRetry {
+			continue // two plugins sharing one environment
 		}
 		m, err := protocol.NewMessage(protocol.OpPrepareEnv, 0, protocol.PrepareEnvCommand{EnvHash: e.Hash, LockfileContent: e.Lockfile})
 		if err != nil {

@@ -53,3 +53,23 @@ func TestActiveManifestAndConfiguredSinks(t *testing.T) {
 		t.Errorf("ConfiguredSinks = %+v, %v; want %+v", ks, err, want)
 	}
 }
+
+func TestQueuedAmong(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	enqueueN(t, s, "a", 0, 0)
+	done := enqueueN(t, s, "b", 0)
+	if _, err := s.w.Exec(`UPDATE cf_processing_queue SET status = 'COMPLETED' WHERE id = ?`, done[0]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.QueuedAmong(ctx, []string{"a", "b", "c", "it's"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !got["a"] {
+		t.Errorf("QueuedAmong = %v, want only a", got)
+	}
+	if got, err := s.QueuedAmong(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("QueuedAmong(nil) = %v, %v", got, err)
+	}
+}

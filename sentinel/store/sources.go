@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -468,9 +469,29 @@ func (s *Store) FailQueued(ctx context.Context, plugin, msg string) ([]int64, er
 	return ids, nil
 }
 
-// HasQueued reports whether plugin has a QUEUED job.
-func (s *Store) HasQueued(ctx context.Context, plugin string) (bool, error) {
-	var n int
-	err := s.readRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM cf_processing_queue WHERE status = 'QUEUED' AND plugin_name = ? LIMIT 1)`, plugin).Scan(&n)
-	return n > 0, err
+// QueuedAmong returns the plugins of plugins that have a QUEUED job, in one
+// query.
+func (s *Store) QueuedAmong(ctx context.Context, plugins []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if len(plugins) == 0 {
+		return out, nil
+	}
+	list, err := json.Marshal(plugins)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.readQuery(ctx, `SELECT value FROM json_each(?) AS p WHERE EXISTS
+		(SELECT 1 FROM cf_processing_queue WHERE status = 'QUEUED' AND plugin_name = p.value)`, string(list))
+	if err != nil {
+		return nil, fmt.Errorf("queued plugins: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, err
+		}
+		out[name] = true
+	}
+	return out, rows.Err()
 }
