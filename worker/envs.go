@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/worker/envs"
@@ -22,6 +23,12 @@ func (w *Worker) envHashes() []string {
 	if w.cfg.Envs == nil {
 		return nil
 	}
+	// The Manager owns its directory (one worker per directory): the list
+	// only changes when a build finishes here, which clears the cache, or
+	// by eviction during a build. The TTL bounds staleness anyway.
+	if !w.envListAt.IsZero() && time.Since(w.envListAt) < envListTTL {
+		return w.envList
+	}
 	list, err := w.cfg.Envs.List()
 	if err != nil {
 		w.log.Warn("listing the plugin environments failed", "error", err)
@@ -32,8 +39,13 @@ func (w *Worker) envHashes() []string {
 		out = append(out, e.Hash)
 	}
 	slices.Sort(out)
+	w.envList, w.envListAt = out, time.Now()
 	return out
 }
+
+// envListTTL bounds how long the environment list sent with heartbeats is
+// reused before the directory is read again.
+const envListTTL = time.Minute
 
 // prepareEnv builds an environment in the background; the loop answers
 // ENV_READY when it is done.
@@ -58,6 +70,7 @@ func (w *Worker) prepareEnv(ctx context.Context, p protocol.PrepareEnvCommand) {
 
 // envReady reports a finished build to the sentinel.
 func (w *Worker) envReady(r envResult) error {
+	w.envListAt = time.Time{} // the next heartbeat lists the environments again
 	p := protocol.EnvReadyPayload{EnvHash: r.hash, InterpreterPath: r.python, Cached: r.cached}
 	if r.err != nil {
 		p.InterpreterPath = ""

@@ -191,6 +191,8 @@ type Worker struct {
 	lastRecv       time.Time
 	envDone        chan envResult    // finished PREPARE_ENVs → loop
 	lockfiles      map[string]string // env_hash → requirements, from PREPARE_ENV
+	envList        []string          // envHashes' cache
+	envListAt      time.Time         // when envList was read; zero: stale
 	sessions       int               // connections established so far
 }
 
