@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -84,11 +85,18 @@ func (g *ipcGuard) nextMessage() error {
 	if size < 0 || int64(size) > g.limit {
 		return fmt.Errorf("%w: message metadata of %d bytes (limit %d)", ErrInvalidArrow, size, g.limit)
 	}
-	buf := make([]byte, hdr+int(size))
-	copy(buf, prefix[:hdr])
-	if _, err := io.ReadFull(g.r, buf[hdr:]); err != nil {
-		return fmt.Errorf("%w: message metadata: %v", ErrInvalidArrow, err)
+	// The buffer grows as the metadata arrives: a length the guest
+	// announces and never sends costs nothing (a streamed source cannot
+	// be checked up front).
+	mb := bytes.NewBuffer(make([]byte, hdr, hdr+min(int(size), 64<<10)))
+	copy(mb.Bytes(), prefix[:hdr])
+	if n, err := io.CopyN(mb, g.r, int64(size)); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("%w: message metadata: %v after %d of %d bytes", ErrInvalidArrow, err, n, size)
 	}
+	buf := mb.Bytes()
 	bodyLen, err := verifyMessage(buf[hdr:])
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidArrow, err)

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -38,4 +39,28 @@ func TestReadIPCMalformed(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A length a streamed source announces and never sends costs the host next
+// to nothing: metadata is buffered as it arrives. (A record batch body is
+// different: arrow-go allocates the announced body, up to the limit, before
+// reading it; the Go allocator does not touch those pages until they are
+// written, so the resident set does not grow, but the allocator sees the
+// request.)
+func TestAnnouncedMetadataIsNotReserved(t *testing.T) {
+	v := ipctest.Valid(8)
+	b := ipctest.Messages(v)[1]
+	stream := append(append([]byte(nil), v[:b.Start]...), 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0x0C) // 200 MiB of metadata
+	stream = append(stream, make([]byte, 1024)...)
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	before := heapAllocated()
+	_, err := ReadIPC(bytes.NewReader(stream), 256<<20, mem, func(arrow.RecordBatch) error { return nil })
+	grew := heapAllocated() - before
+	if err == nil || !strings.Contains(err.Error(), "after 1024 of 201326592 bytes") {
+		t.Fatalf("err = %v", err)
+	}
+	if grew > 8<<20 {
+		t.Errorf("refusing 1 KiB of a 200 MiB announced metadata allocated %d MiB", grew>>20)
+	}
+	mem.AssertSize(t, 0)
 }
