@@ -163,6 +163,9 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 		return emit(out, "secret", numbersBatch(0, 1))
 	case "wrongschema":
 		return emit(out, "words", numbersBatch(0, 1))
+	case "raw":
+		// One batch, whose IPC stream serveRaw replaces (CF_TEST_RAW=1).
+		return emit(out, "free", numbersBatch(0, 4))
 	}
 	return fmt.Errorf("unknown mode %q", mode)
 }
@@ -220,6 +223,9 @@ func main() {
 	case "exit":
 		fmt.Fprintln(os.Stderr, "cannot start: missing configuration")
 		os.Exit(2)
+	}
+	if os.Getenv("CF_TEST_RAW") == "1" {
+		serveRaw()
 	}
 	serve.Main(plugin{})
 }
