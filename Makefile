@@ -74,6 +74,11 @@ bench: build venv
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./bridge
+	$(GO) test -run '^$$' -fuzz '^FuzzReadIPC$$' -fuzztime $(FUZZTIME) ./bridge
+	$(GO) test -run '^$$' -fuzz '^FuzzABIEmit$$' -fuzztime $(FUZZTIME) ./guests/wasm
+	$(GO) test -run '^$$' -fuzz '^FuzzABILog$$' -fuzztime $(FUZZTIME) ./guests/wasm
+	$(GO) test -run '^$$' -fuzz '^FuzzABIDocuments$$' -fuzztime $(FUZZTIME) ./guests/wasm
+	$(GO) test -run '^$$' -fuzz '^FuzzLines$$' -fuzztime $(FUZZTIME) ./guests/wasm
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshal$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
 
