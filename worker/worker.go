@@ -145,14 +145,14 @@ func DispatchPlugin(d *protocol.DispatchCommand) (guest.Plugin, error) {
 	if !filepath.IsAbs(m.Artifact) {
 		return guest.Plugin{}, fmt.Errorf("manifest of %s: artifact path %q must be absolute", d.PluginName, m.Artifact)
 	}
-	// artifact_hash is the binary's SHA-256 (a plugin registered with
-	// casparian enqueue --plugin-file) or, as v4 defines it for a DEPLOY,
-	// sha256(source_code) of the manifest that names the binary's SHA-256.
-	if d.ArtifactHash != "" && m.SHA256 != "" && !strings.EqualFold(d.ArtifactHash, m.SHA256) {
+	// artifact_hash is, as v4 defines it for a DEPLOY (and casparian
+	// enqueue --plugin-file stores it), sha256(source_code): here the
+	// manifest, which names the binary's SHA-256 (checked by Verify).
+	if d.ArtifactHash != "" {
 		sum := sha256.Sum256([]byte(d.SourceCode))
 		if !strings.EqualFold(d.ArtifactHash, hex.EncodeToString(sum[:])) {
-			return guest.Plugin{}, fmt.Errorf("manifest of %s: neither its sha256 %s nor its own hash matches the DISPATCH's artifact_hash %s",
-				d.PluginName, m.SHA256, d.ArtifactHash)
+			return guest.Plugin{}, fmt.Errorf("manifest of %s: its hash %s does not match the DISPATCH's artifact_hash %s",
+				d.PluginName, hex.EncodeToString(sum[:]), d.ArtifactHash)
 		}
 	}
 	if err := m.Verify(); err != nil {

@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -540,7 +542,11 @@ func cmdEnqueue(ctx context.Context, args []string, stdout, stderr io.Writer) in
 				name = m.Name
 			}
 			m.Name = name
-			source, artifactHash = m.Encode(), m.SHA256
+			// artifact_hash as a DEPLOY defines it: sha256 of the source
+			// (the manifest, which names the binary's own SHA-256).
+			source = m.Encode()
+			sum := sha256.Sum256(source)
+			artifactHash = hex.EncodeToString(sum[:])
 		}
 	}
 	inputs, err := enqueueInputs(fs.Args())
