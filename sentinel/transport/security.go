@@ -158,39 +158,35 @@ func ReadSecret(path string) ([]byte, error) {
 // sentinel's certificate and key, and the CA whose certificates clients must
 // present (mutual TLS, TLS 1.3 only).
 func ServerTLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: load certificate %s / key %s: %w", certFile, keyFile, err)
-	}
-	pool, err := loadCAs(clientCAFile)
+	cert, pool, err := loadTLS(certFile, keyFile, clientCAFile)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		MinVersion:   tls.VersionTLS13,
-	}, nil
+	return &tls.Config{Certificates: cert, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+		MinVersion: tls.VersionTLS13}, nil
 }
 
 // ClientTLSConfig builds the configuration of tls:// dials: the client's
 // certificate and key, and the CA that signed the sentinel's certificate.
 // The sentinel's name is taken from the endpoint when dialling.
 func ClientTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: load certificate %s / key %s: %w", certFile, keyFile, err)
-	}
-	pool, err := loadCAs(caFile)
+	cert, pool, err := loadTLS(certFile, keyFile, caFile)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		MinVersion:   tls.VersionTLS13,
-	}, nil
+	return &tls.Config{Certificates: cert, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+func loadTLS(certFile, keyFile, caFile string) ([]tls.Certificate, *x509.CertPool, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls: load certificate %s / key %s: %w", certFile, keyFile, err)
+	}
+	pool, err := loadCAs(caFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []tls.Certificate{cert}, pool, nil
 }
 
 func loadCAs(path string) (*x509.CertPool, error) {

@@ -28,16 +28,7 @@ func withServerSecurity(t *testing.T, s ServerSecurity) {
 
 func plainRouter(t *testing.T, ep string) (zmq4.Socket, string) {
 	t.Helper()
-	r := zmq4.NewRouter(context.Background(), quiet, zmq4.WithSecurity(plain.Security("", "")))
-	t.Cleanup(func() { _ = r.Close() })
-	if err := r.Listen(ep); err != nil {
-		t.Fatalf("listen %s: %v", ep, err)
-	}
-	scheme, _, _ := strings.Cut(ep, "://")
-	if scheme == SchemeIPC {
-		return r, ep
-	}
-	return r, scheme + "://" + r.Addr().String()
+	return newRouter(t, ep, zmq4.WithSecurity(plain.Security("", "")))
 }
 
 // dealerWith dials ep with the given options and sends one message; it

@@ -35,9 +35,9 @@ var quiet = zmq4.WithLogger(log.New(io.Discard, "", 0))
 
 // newRouter listens on ep ("tcp://" = plain zmq4, "ctcp://"/"cipc://" =
 // hardened) and returns the socket and the endpoint to dial.
-func newRouter(t *testing.T, ep string) (zmq4.Socket, string) {
+func newRouter(t *testing.T, ep string, opts ...zmq4.Option) (zmq4.Socket, string) {
 	t.Helper()
-	r := zmq4.NewRouter(context.Background(), quiet)
+	r := zmq4.NewRouter(context.Background(), append([]zmq4.Option{quiet}, opts...)...)
 	t.Cleanup(func() { _ = r.Close() })
 	if err := r.Listen(ep); err != nil {
 		t.Fatalf("listen %s: %v", ep, err)
