@@ -61,6 +61,7 @@ type Config struct {
 	// IdleTimeout bounds the time between two reads on the socket. Default 60 s.
 	IdleTimeout time.Duration
 	// KillGrace is the time between SIGTERM and SIGKILL on cancellation. Default 5 s.
+	// A plugin still running at its job's deadline gets none: it is killed at once.
 	KillGrace time.Duration
 	// ExitTimeout bounds the wait for the process to exit after END or ERROR. Default 10 s.
 	ExitTimeout time.Duration
@@ -305,7 +306,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	if err := p.start(dir, specPath); err != nil {
 		return err
 	}
-	defer p.cleanup()
+	defer func() { p.cleanup(errors.Is(ctx.Err(), context.DeadlineExceeded)) }()
 
 	conn, err := p.accept(ctx, ln)
 	if err != nil {
@@ -726,9 +727,10 @@ func (p *proc) withStderr(e *guest.Error) *guest.Error {
 	return e
 }
 
-// cleanup stops the process group: SIGTERM, grace, SIGKILL; always SIGKILL
-// the group at the end so nothing the plugin forked survives.
-func (p *proc) cleanup() {
+// cleanup stops the process group: SIGTERM, grace, SIGKILL (no SIGTERM and
+// no grace once the job's deadline has passed); always SIGKILL the group at
+// the end so nothing the plugin forked survives.
+func (p *proc) cleanup(pastDeadline bool) {
 	if p.cmd == nil {
 		return
 	}
@@ -736,9 +738,9 @@ func (p *proc) cleanup() {
 	select {
 	case <-p.exited:
 	default:
-		_ = unix.Kill(-pgid, unix.SIGTERM)
-		if !p.waitExit(p.cfg.KillGrace) {
-			_ = unix.Kill(-pgid, unix.SIGKILL)
+		if !pastDeadline {
+			_ = unix.Kill(-pgid, unix.SIGTERM)
+			p.waitExit(p.cfg.KillGrace)
 		}
 	}
 	_ = unix.Kill(-pgid, unix.SIGKILL)
