@@ -31,6 +31,7 @@ import (
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/internal/rlimit"
+	"github.com/casparianflow/casparian/internal/sandbox"
 	pysdk "github.com/casparianflow/casparian/sdk/python"
 )
 
@@ -84,6 +85,16 @@ type Config struct {
 	// value means rlimit.Defaults(); NoProcessLimits leaves the inherited ones.
 	ProcessLimits   rlimit.Limits
 	NoProcessLimits bool
+	// Sandbox confines every plugin process (see internal/sandbox): its
+	// own pids cgroup capping its processes and threads (Sandbox.MaxProcesses,
+	// default 512; whatever is left when the job ends is killed), and
+	// Landlock: it reads anywhere but writes only under its job's scratch
+	// directory (its working directory and TMPDIR, removed after the job;
+	// plus Sandbox.Writable), and cannot bind or connect TCP sockets unless
+	// Sandbox.AllowNetwork. NoSandbox starts plugin processes directly,
+	// with the resource limits only.
+	Sandbox   sandbox.Options
+	NoSandbox bool
 	// Logger receives the runtime's own diagnostics (process start and end at
 	// debug level). Plugin output goes to the guest.Output instead. nil
 	// discards them.
@@ -157,7 +168,23 @@ func New(cfg Config) (*Runtime, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("python guest: extract SDK: %w", err)
 	}
+	if !cfg.NoSandbox {
+		precompile(cfg, dir)
+	}
 	return &Runtime{cfg: cfg, sdkDir: dir}, nil
+}
+
+// precompile writes the SDK's bytecode once: sandboxed plugins cannot write
+// __pycache__ next to it, and would otherwise compile it in every job.
+// Best effort: a failure only costs that time.
+func precompile(cfg Config, sdkDir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, cfg.Python, "-I", "-m", "compileall", "-q", sdkDir)
+	cmd.Env = guestEnv(sdkDir, cfg.Env)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		cfg.Logger.Debug("python guest: precompiling the SDK failed", "error", err, "output", truncate(string(out), 500))
+	}
 }
 
 // Kind reports guest.KindPython.
@@ -303,6 +330,14 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	}
 	p := &proc{cfg: cfg, limits: cfg.limits(), sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail),
 		log: cfg.Logger.With("job_id", in.JobID, "plugin", i.name, "guest", string(guest.KindPython))}
+	if !cfg.NoSandbox {
+		// The job's directory is the plugin's scratch directory: the only
+		// place it may write.
+		if p.sb, err = sandbox.New(cfg.Sandbox, dir, cfg.Logger); err != nil {
+			return guest.AsError(fmt.Errorf("python guest: %w", err), guest.ErrResourceLimit)
+		}
+		defer p.closeSandbox()
+	}
 	if err := p.start(dir, specPath); err != nil {
 		return err
 	}
@@ -310,18 +345,42 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 
 	conn, err := p.accept(ctx, ln)
 	if err != nil {
-		return err
+		return p.limitError(err)
 	}
 	defer conn.Close()
 	ln.Close()
 
-	return p.session(ctx, conn, in, out)
+	return p.limitError(p.session(ctx, conn, in, out))
+}
+
+// limitError turns the error of a job whose plugin hit its process cap
+// (a fork or a thread refused by pids.max) into a RESOURCE_LIMIT that says so.
+func (p *proc) limitError(err error) error {
+	if err == nil || p.sb.ForkFailures() == 0 {
+		return err
+	}
+	var ge *guest.Error
+	if !errors.As(err, &ge) || ge.Kind == guest.ErrCancelled || ge.Kind == guest.ErrSink {
+		return err
+	}
+	ge.Kind = guest.ErrResourceLimit
+	ge.Hint = fmt.Sprintf("the plugin reached its cap of %d processes and threads (python guest Sandbox.MaxProcesses), "+
+		"so starting one more failed: a fork bomb, or a pool far too large; every process it started has been killed", p.sb.MaxProcesses())
+	return ge
+}
+
+// closeSandbox kills whatever is left in the plugin's cgroup and removes it.
+func (p *proc) closeSandbox() {
+	if err := p.sb.Close(); err != nil {
+		p.log.Warn("python guest: cleaning up the plugin's cgroup", "error", err)
+	}
 }
 
 // proc is one running shim process.
 type proc struct {
 	cfg     Config
 	limits  rlimit.Limits
+	sb      *sandbox.Guest // nil: not sandboxed
 	log     *slog.Logger
 	sdkDir  string
 	out     guest.Output
@@ -352,7 +411,10 @@ func (p *proc) start(dir, specPath string) error {
 		return guest.AsError(fmt.Errorf("python guest: pipe: %w", err), guest.ErrResourceLimit)
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	err = cmd.Start()
+	wrapped, err := p.sb.Wrap(cmd, p.limits)
+	if err == nil {
+		err = cmd.Start()
+	}
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -362,17 +424,19 @@ func (p *proc) start(dir, specPath string) error {
 			ExitCode: -1, Err: err, Hint: "check that the Python interpreter exists and is executable"}
 	}
 	// The interpreter is still starting: the limits hold before any plugin
-	// code runs.
-	if err := p.limits.Apply(cmd.Process.Pid); err != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_, _ = cmd.Process.Wait()
-		outR.Close()
-		errR.Close()
-		return guest.AsError(fmt.Errorf("python guest: %w", err), guest.ErrResourceLimit)
+	// code runs. (The sandbox wrapper sets them itself, before the exec.)
+	if !wrapped {
+		if err := p.limits.Apply(cmd.Process.Pid); err != nil {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_, _ = cmd.Process.Wait()
+			outR.Close()
+			errR.Close()
+			return guest.AsError(fmt.Errorf("python guest: %w", err), guest.ErrResourceLimit)
+		}
 	}
 	p.cmd = cmd
 	p.started = time.Now()
-	p.log.Debug("guest process started", "pid", cmd.Process.Pid, "python", p.cfg.Python)
+	p.log.Debug("guest process started", "pid", cmd.Process.Pid, "python", p.cfg.Python, "cgroup", p.sb.Cgroup())
 	p.pipes = []*os.File{outR, errR}
 	p.exited = make(chan struct{})
 	p.drained = make(chan struct{})
@@ -444,9 +508,13 @@ func (p *proc) accept(ctx context.Context, ln *net.UnixListener) (*net.UnixConn,
 		}
 		return r.c, nil
 	case <-p.exited:
+		// A guest that connected and exited at once may have left its
+		// connection in the backlog, not yet accepted: give the accept a
+		// moment to take it, then read what it sent.
+		_ = ln.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		r := <-ch
 		ln.Close()
-		if r := <-ch; r.err == nil {
-			// Connected just before exiting: read what it sent.
+		if r.err == nil {
 			return r.c, nil
 		}
 		return nil, p.exitError("guest process exited before connecting to the bridge")
@@ -631,6 +699,11 @@ func (p *proc) readFrames(ctx context.Context, conn *net.UnixConn, out guest.Out
 				e.Message = m.Type + ": " + m.Message
 			}
 			e.Hint = errorHint(e.Kind)
+			if p.sb != nil && (m.Type == "PermissionError" || strings.Contains(m.Message, "Permission denied")) {
+				e.Hint = "if the path is outside the plugin's scratch directory: the sandbox lets plugins write only there " +
+					"(their working directory and TMPDIR, removed after the job); publish results as tables instead, " +
+					"or add the path to the python guest's Sandbox.Writable"
+			}
 			if m.Type == "MemoryError" {
 				e.Kind = guest.ErrResourceLimit
 				e.Hint = fmt.Sprintf("the plugin ran out of memory; its address space is capped at %d MiB "+
@@ -745,6 +818,9 @@ func (p *proc) cleanup(pastDeadline bool) {
 	}
 	_ = unix.Kill(-pgid, unix.SIGKILL)
 	<-p.exited
+	// Whatever the plugin started, even outside its process group, dies
+	// with its cgroup.
+	p.closeSandbox()
 	// The group is dead, so the pipes reach EOF, unless a process that left
 	// the group (setsid) still holds them: then stop reading after a while.
 	select {

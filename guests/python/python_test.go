@@ -35,7 +35,10 @@ type env struct {
 func newEnv(t *testing.T, mut func(*python.Config)) *env {
 	t.Helper()
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	dir := t.TempDir()
 	cfg := python.Config{Python: testenv.Python(t), Allocator: mem, ConnectTimeout: 20 * time.Second, IdleTimeout: 20 * time.Second, KillGrace: time.Second}
+	// The plugins of these tests leave pid files in the test's directory.
+	cfg.Sandbox.Writable = []string{dir}
 	if mut != nil {
 		mut(&cfg)
 	}
@@ -43,7 +46,6 @@ func newEnv(t *testing.T, mut func(*python.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	in := filepath.Join(dir, "input data é.csv")
 	if err := os.WriteFile(in, []byte("a,b\n1,x\n2,y\n3,z\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -300,7 +302,11 @@ func TestNeverConnects(t *testing.T) {
 	if err := os.WriteFile(sh, []byte("#!/bin/sh\necho $$ > "+pidFile+"\nexec sleep 60\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, func(cfg *python.Config) { cfg.Python = sh; cfg.ConnectTimeout = 500 * time.Millisecond })
+	e := newEnv(t, func(cfg *python.Config) {
+		cfg.Python = sh
+		cfg.ConnectTimeout = 500 * time.Millisecond
+		cfg.Sandbox.Writable = append(cfg.Sandbox.Writable, dir)
+	})
 	_, err := e.run(context.Background(), "class Handler: pass\n")
 	ge := mustGuestError(t, err, guest.ErrTimeout)
 	if !strings.Contains(ge.Message, "did not connect") {
