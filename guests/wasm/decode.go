@@ -107,12 +107,12 @@ func decodeBatches(data []byte, alloc memory.Allocator, label, topic string, fn 
 }
 
 // decodeLog decodes log(level, msg_ptr, msg_len): a message longer than
-// maxLogLine is cut (only maxLogLine bytes are read), invalid UTF-8 is
-// replaced.
-func decodeLog(mem guestMemory, label string, level int32, p, n uint32) (slog.Level, string, *guest.Error) {
-	cut := n > maxLogLine
+// maxLine (maxLogLine for modules) is cut (only maxLine bytes are read),
+// invalid UTF-8 is replaced.
+func decodeLog(mem guestMemory, label string, maxLine uint32, level int32, p, n uint32) (slog.Level, string, *guest.Error) {
+	cut := n > maxLine
 	if cut {
-		n = maxLogLine
+		n = maxLine
 	}
 	b, gerr := readMem(mem, label, "log message", p, n)
 	if gerr != nil {

@@ -156,37 +156,45 @@ func FuzzABIEmit(f *testing.F) {
 	})
 }
 
+// smallLine is the line cap the targets use besides the real one
+// (maxLogLine), so that short inputs, which the fuzzer mutates and
+// minimizes quickly, reach the cut too.
+const smallLine = 48
+
 // FuzzABILog drives casparian.log's decoding.
 func FuzzABILog(f *testing.F) {
 	f.Add([]byte("hello from the module"), int32(0), uint32(0), uint32(21))
 	f.Add([]byte("warn \xff\xfe invalid UTF-8"), int32(4), uint32(0), uint32(24))
-	f.Add([]byte("x"), int32(-4), uint32(0), uint32(0xFFFFFFFF))                         // 4 GiB message: cut at 64 KiB
-	f.Add([]byte("x"), int32(8), uint32(fuzzMemSize-10), uint32(1<<20))                  // runs past the memory
-	f.Add([]byte("x"), int32(8), uint32(0xFFFFFFFF), uint32(2))                          // pointer past the memory
-	f.Add(bytes.Repeat([]byte{0xff, 'a'}, 40<<10), int32(99), uint32(0), uint32(80<<10)) // cut, and every other byte invalid
+	f.Add([]byte("x"), int32(-4), uint32(0), uint32(0xFFFFFFFF))                 // 4 GiB message: cut
+	f.Add([]byte("x"), int32(8), uint32(fuzzMemSize-10), uint32(1<<20))          // runs past the memory
+	f.Add([]byte("x"), int32(8), uint32(0xFFFFFFFF), uint32(2))                  // pointer past the memory
+	f.Add(bytes.Repeat([]byte{0xff, 'a'}, 40), int32(99), uint32(0), uint32(80)) // cut, every other byte invalid
+	f.Add([]byte("é is two bytes"), int32(0), uint32(0), uint32(1))              // a rune cut
 	f.Fuzz(func(t *testing.T, image []byte, level int32, p, n uint32) {
 		if len(image) > fuzzMemSize {
 			return
 		}
 		mem := moduleMemory(image)
-		lvl, msg, gerr := decodeLog(mem, "fuzz", level, p, n)
-		read := min(n, maxLogLine)
-		if gerr != nil {
-			checkKind(t, gerr, guest.ErrProtocol)
-			if uint64(p)+uint64(read) <= fuzzMemSize {
-				t.Fatalf("in-range message (pointer %d, length %d) refused: %v", p, n, gerr)
+		for _, maxLine := range []uint32{smallLine, maxLogLine} {
+			lvl, msg, gerr := decodeLog(mem, "fuzz", maxLine, level, p, n)
+			read := min(n, maxLine)
+			if gerr != nil {
+				checkKind(t, gerr, guest.ErrProtocol)
+				if uint64(p)+uint64(read) <= fuzzMemSize {
+					t.Fatalf("in-range message (pointer %d, length %d) refused: %v", p, n, gerr)
+				}
+				continue
 			}
-			return
-		}
-		if int32(lvl) != level {
-			t.Fatalf("level %d decoded as %d", level, lvl)
-		}
-		// Each invalid byte may become a 3-byte U+FFFD; the cut adds "…".
-		if len(msg) > 3*maxLogLine+len("…") || !utf8.ValidString(msg) {
-			t.Fatalf("message of %d bytes (valid UTF-8: %v) from length %d", len(msg), utf8.ValidString(msg), n)
-		}
-		if want := strings.ToValidUTF8(string(memBuf[p:p+read]), "\uFFFD"); !strings.HasPrefix(msg, want) {
-			t.Fatalf("message differs from memory")
+			if int32(lvl) != level {
+				t.Fatalf("level %d decoded as %d", level, lvl)
+			}
+			// Each invalid byte may become a 3-byte U+FFFD; the cut adds "…".
+			if len(msg) > 3*int(maxLine)+len("…") || !utf8.ValidString(msg) {
+				t.Fatalf("message of %d bytes (valid UTF-8: %v) from length %d, cap %d", len(msg), utf8.ValidString(msg), n, maxLine)
+			}
+			if want := strings.ToValidUTF8(string(memBuf[p:p+read]), "\uFFFD"); !strings.HasPrefix(msg, want) {
+				t.Fatalf("message differs from memory")
+			}
 		}
 	})
 }
@@ -255,40 +263,47 @@ func FuzzABIDocuments(f *testing.F) {
 
 // FuzzLines drives the splitting of a module's stdout and stderr into log
 // lines: whatever the module writes, in whatever pieces, a line is at most
-// maxLogLine bytes of output (3 times that once invalid UTF-8 is replaced)
-// and the writer holds at most maxLogLine bytes.
+// the cap (maxLogLine; smallLine here as well) of output, 3 times that once
+// invalid UTF-8 is replaced, and the writer holds at most the cap.
 func FuzzLines(f *testing.F) {
 	f.Add([]byte("hello\nworld\r\nno newline"), []byte{3, 1, 7})
-	f.Add(bytes.Repeat([]byte("x"), 70<<10), []byte{255, 9})
-	f.Add(append(bytes.Repeat([]byte{0xff}, 70<<10), '\n'), []byte{1})
+	f.Add(bytes.Repeat([]byte("x"), 200), []byte{5, 9})
+	f.Add(append(bytes.Repeat([]byte{0xff}, 100), '\n'), []byte{1})
+	f.Add([]byte(strings.Repeat("é", 60)+"\n"+strings.Repeat("a", 47)+"\n"), []byte{2, 3})
 	f.Fuzz(func(t *testing.T, out []byte, cuts []byte) {
-		var lines []string
-		w := &lineWriter{emit: func(l string) { lines = append(lines, l) }}
-		rest, i := out, 0
-		for len(rest) > 0 {
-			n := len(rest)
-			if len(cuts) > 0 {
-				n = min(n, 1+int(cuts[i%len(cuts)])*int(cuts[(i+1)%len(cuts)]))
-				i++
+		for _, max := range []int{smallLine, 0} {
+			limit := max
+			if limit == 0 {
+				limit = maxLogLine
 			}
-			if k, err := w.Write(rest[:n]); k != n || err != nil {
-				t.Fatalf("Write = %d, %v", k, err)
+			var lines []string
+			w := &lineWriter{max: max, emit: func(l string) { lines = append(lines, l) }}
+			rest, i := out, 0
+			for len(rest) > 0 {
+				n := len(rest)
+				if len(cuts) > 0 {
+					n = min(n, 1+int(cuts[i%len(cuts)])*int(cuts[(i+1)%len(cuts)]))
+					i++
+				}
+				if k, err := w.Write(rest[:n]); k != n || err != nil {
+					t.Fatalf("Write = %d, %v", k, err)
+				}
+				if len(w.buf) > limit {
+					t.Fatalf("the writer holds %d bytes (cap %d)", len(w.buf), limit)
+				}
+				rest = rest[n:]
 			}
-			if cap(w.buf) > 2*maxLogLine || len(w.buf) > maxLogLine {
-				t.Fatalf("the writer holds %d bytes (capacity %d)", len(w.buf), cap(w.buf))
+			w.Close()
+			total := 0
+			for _, l := range lines {
+				if len(l) > 3*limit || strings.ContainsRune(l, '\n') || !utf8.ValidString(l) {
+					t.Fatalf("line of %d bytes (cap %d)", len(l), limit)
+				}
+				total += len(l)
 			}
-			rest = rest[n:]
-		}
-		w.Close()
-		total := 0
-		for _, l := range lines {
-			if len(l) > 3*maxLogLine || strings.ContainsRune(l, '\n') || !utf8.ValidString(l) {
-				t.Fatalf("line of %d bytes", len(l))
+			if total > 3*len(out) {
+				t.Fatalf("%d bytes of lines from %d bytes of output", total, len(out))
 			}
-			total += len(l)
-		}
-		if total > 3*len(out) {
-			t.Fatalf("%d bytes of lines from %d bytes of output", total, len(out))
 		}
 	})
 }

@@ -13,6 +13,14 @@ type lineWriter struct {
 	buf   []byte
 	emit  func(string)
 	touch func() // called on every write, if set
+	max   int    // the longest line; 0 means maxLogLine (the fuzz target sets a small one)
+}
+
+func (w *lineWriter) limit() int {
+	if w.max > 0 {
+		return w.max
+	}
+	return maxLogLine
 }
 
 func (w *lineWriter) Write(b []byte) (int, error) {
@@ -21,11 +29,11 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := len(b)
+	n, limit := len(b), w.limit()
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
-			room := maxLogLine - len(w.buf)
+			room := limit - len(w.buf)
 			if len(b) > room {
 				w.buf = append(w.buf, b[:room]...)
 				w.flush()
@@ -35,8 +43,8 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 			w.buf = append(w.buf, b...)
 			break
 		}
-		if len(w.buf)+i > maxLogLine {
-			w.buf = append(w.buf, b[:maxLogLine-len(w.buf)]...)
+		if len(w.buf)+i > limit {
+			w.buf = append(w.buf, b[:limit-len(w.buf)]...)
 		} else {
 			w.buf = append(w.buf, b[:i]...)
 		}

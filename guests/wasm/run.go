@@ -457,7 +457,7 @@ func hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 		panic(errStopped)
 	}
 	st.idle.poke()
-	level, msg, gerr := decodeLog(mod.Memory(), st.label, api.DecodeI32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]))
+	level, msg, gerr := decodeLog(mod.Memory(), st.label, maxLogLine, api.DecodeI32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]))
 	if gerr != nil {
 		st.stop(gerr)
 	}
