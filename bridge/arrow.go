@@ -32,6 +32,9 @@ func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.Re
 	if mem == nil {
 		mem = memory.DefaultAllocator
 	}
+	// arrow-go's stream reader turns most of its own panics into errors (its
+	// file reader did not until apache/arrow-go #1062); whatever still
+	// escapes, from the reader or from validation, is an invalid stream.
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%w: decoder panic: %v", ErrInvalidArrow, p)

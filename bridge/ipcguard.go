@@ -10,7 +10,8 @@ import (
 // ipcGuard sits between an untrusted Arrow IPC stream and arrow-go's reader.
 // arrow-go sizes allocations from counts in the flatbuffer metadata before
 // checking them against the buffer (a schema claiming 10^10 fields makes it
-// allocate tens of GB: found by FuzzFrames), so every message's metadata is
+// allocate tens of GB: found by FuzzFrames; the class of apache/arrow-go
+// #948, lengths used before validation), so every message's metadata is
 // verified here first: every table, vector and string must lie inside the
 // metadata buffer, nesting is bounded, and compressed record batches (which
 // carry their own uncompressed sizes) are refused. Bodies pass through
