@@ -57,6 +57,7 @@ import (
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/internal/filehash"
 	"github.com/casparianflow/casparian/internal/rlimit"
+	"github.com/casparianflow/casparian/internal/sandbox"
 	sdkgp "github.com/casparianflow/casparian/sdk/goplugin"
 )
 
@@ -125,6 +126,17 @@ type Config struct {
 	// value means rlimit.Defaults(); NoProcessLimits leaves the inherited ones.
 	ProcessLimits   rlimit.Limits
 	NoProcessLimits bool
+	// Sandbox confines every plugin process (see internal/sandbox): its
+	// own pids cgroup capping its processes and threads (Sandbox.MaxProcesses,
+	// default 512; whatever is left when the process stops is killed), and
+	// Landlock: it reads anywhere but writes only under its private
+	// directory (its working directory and TMPDIR, where go-plugin makes its
+	// socket; removed when the process stops; plus Sandbox.Writable), and
+	// cannot bind or connect TCP sockets unless Sandbox.AllowNetwork.
+	// NoSandbox starts plugin processes directly, with the resource limits
+	// only.
+	Sandbox   sandbox.Options
+	NoSandbox bool
 	// Logger receives the runtime's own diagnostics (process start and stop,
 	// go-plugin's messages, plugin output between jobs) at debug level.
 	// Plugin output during a job goes to the guest.Output. nil discards.
@@ -381,6 +393,11 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 		return err
 	}
 	reusable, err := p.job(ctx, in, out)
+	if p.sb.ForkFailures() > 0 {
+		// What it started fills its cgroup: the process is not reused.
+		reusable = false
+		err = p.limitError(err)
+	}
 	i.rt.release(p, reusable)
 	return err
 }

@@ -83,7 +83,10 @@ func TestBatchOverLimit(t *testing.T) {
 // A wrong checksum is refused before anything runs.
 func TestChecksumMismatch(t *testing.T) {
 	markers := t.TempDir()
-	e := newEnv(t, func(c *goplugin.Config) { c.Env = []string{"CF_TEST_MARKER_DIR=" + markers} })
+	e := newEnv(t, func(c *goplugin.Config) {
+		c.Env = []string{"CF_TEST_MARKER_DIR=" + markers}
+		c.Sandbox.Writable = []string{markers}
+	})
 	inst := e.load(guest.Plugin{Hash: strings.Repeat("ab", 32)})
 	_, err := e.run(context.Background(), inst, map[string]any{"mode": "emit"})
 	ge := mustGuestError(t, err, guest.ErrPlugin)
@@ -170,7 +173,10 @@ func TestPanic(t *testing.T) {
 // os.Exit(3) in mid-job is CRASHED with the exit code and the stderr tail.
 func TestCrash(t *testing.T) {
 	markers := t.TempDir()
-	e := newEnv(t, func(c *goplugin.Config) { c.Env = []string{"CF_TEST_MARKER_DIR=" + markers} })
+	e := newEnv(t, func(c *goplugin.Config) {
+		c.Env = []string{"CF_TEST_MARKER_DIR=" + markers}
+		c.Sandbox.Writable = []string{markers}
+	})
 	inst := e.load(guest.Plugin{})
 	_, err := e.run(context.Background(), inst, map[string]any{"mode": "exit"})
 	ge := mustGuestError(t, err, guest.ErrCrashed)

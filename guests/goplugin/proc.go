@@ -28,6 +28,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/sandbox"
 	sdkgp "github.com/casparianflow/casparian/sdk/goplugin"
 	"github.com/casparianflow/casparian/sdk/goplugin/pluginpb"
 )
@@ -45,6 +46,7 @@ type proc struct {
 
 	// Set by start.
 	dir      string
+	sb       *sandbox.Guest // nil: not sandboxed
 	client   *plugin.Client
 	rpc      pluginpb.PluginClient
 	topics   map[string]*arrow.Schema // declared topics (nil schema: any)
@@ -87,6 +89,13 @@ func (p *proc) start(ctx context.Context) error {
 	}
 	p.dir = dir
 	p.started = time.Now()
+	if !cfg.NoSandbox {
+		// The process's private dir is its scratch directory: the only
+		// place it may write (go-plugin's socket is made there too).
+		if p.sb, err = sandbox.New(cfg.Sandbox, dir, r.log); err != nil {
+			return guest.AsError(fmt.Errorf("goplugin guest: %w", err), guest.ErrResourceLimit)
+		}
+	}
 	env := make([]string, 0, len(envAllowList)+len(cfg.Env)+8)
 	for _, k := range envAllowList {
 		if v, ok := os.LookupEnv(k); ok {
@@ -141,7 +150,7 @@ func (p *proc) start(ctx context.Context) error {
 	if err := p.loadInfo(info); err != nil {
 		return err
 	}
-	r.log.Debug("go plugin process started", "plugin", p.name, "pid", p.run.pidNow(),
+	r.log.Debug("go plugin process started", "plugin", p.name, "pid", p.run.pidNow(), "cgroup", p.sb.Cgroup(),
 		"plugin_name", info.GetName(), "plugin_version", info.GetVersion(), "sdk", info.GetSdkVersion(),
 		"duration", time.Since(p.started).Round(time.Microsecond))
 	return nil
@@ -285,6 +294,12 @@ func (p *proc) stop(graceful bool) {
 			// Whatever the plugin started in its group goes too. (The group
 			// outlives the leader while a member lives, so its id is not reused.)
 			_ = unix.Kill(-p.run.pidNow(), unix.SIGKILL)
+		}
+		// And whatever it started outside its group dies with its cgroup.
+		if err := p.sb.Close(); err != nil {
+			p.rt.log.Warn("goplugin guest: cleaning up the plugin's cgroup", "plugin", p.name, "error", err)
+		}
+		if p.run.isStarted() {
 			<-p.run.drained
 		}
 		p.run.releasePipes()
@@ -453,6 +468,20 @@ func (p *proc) withStderr(e *guest.Error) *guest.Error {
 		e.Stderr = p.tail.String()
 	}
 	return e
+}
+
+// limitError turns the error of a job whose process hit its cap of
+// processes and threads (a fork or a thread refused by pids.max) into a
+// RESOURCE_LIMIT that says so.
+func (p *proc) limitError(err error) error {
+	var ge *guest.Error
+	if err == nil || !errors.As(err, &ge) || ge.Kind == guest.ErrCancelled || ge.Kind == guest.ErrSink {
+		return err
+	}
+	ge.Kind = guest.ErrResourceLimit
+	ge.Hint = fmt.Sprintf("the plugin reached its cap of %d processes and threads (goplugin Sandbox.MaxProcesses), "+
+		"so starting one more failed: a fork bomb, or far too many subprocesses; every process it started has been killed", p.sb.MaxProcesses())
+	return ge
 }
 
 // hclogger adapts go-plugin's own diagnostics to the runtime's logger.

@@ -121,7 +121,11 @@ func (r *procRunner) Start(context.Context) error {
 	cmd.Env = r.env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
 	cmd.SysProcAttr = sysProcAttr()
-	err = r.spawn.start(cmd)
+	limits := r.p.rt.cfg.limits()
+	wrapped, err := r.p.sb.Wrap(cmd, limits)
+	if err == nil {
+		err = r.spawn.start(cmd)
+	}
 	closeAll(files...)
 	if err != nil {
 		closeAll(stdinW, outR, errR)
@@ -131,12 +135,15 @@ func (r *procRunner) Start(context.Context) error {
 		return err
 	}
 	// Before the plugin's main runs (the Go runtime is still starting).
-	if lerr := r.p.rt.cfg.limits().Apply(cmd.Process.Pid); lerr != nil {
-		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
-		_, _ = cmd.Process.Wait()
-		closeAll(stdinW, outR, errR)
-		r.preErr = guest.AsError(fmt.Errorf("goplugin guest: %w", lerr), guest.ErrResourceLimit)
-		return lerr
+	// The sandbox wrapper sets them itself, before the exec.
+	if !wrapped {
+		if lerr := limits.Apply(cmd.Process.Pid); lerr != nil {
+			_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+			_, _ = cmd.Process.Wait()
+			closeAll(stdinW, outR, errR)
+			r.preErr = guest.AsError(fmt.Errorf("goplugin guest: %w", lerr), guest.ErrResourceLimit)
+			return lerr
+		}
 	}
 	r.started = true
 	r.pid = cmd.Process.Pid

@@ -143,6 +143,10 @@ func (p *proc) failure(f *pluginpb.Failure) *guest.Error {
 	switch {
 	case f.GetTraceback() != "":
 		e.Hint = "the plugin panicked: the traceback points at the line"
+	case kind == guest.ErrPlugin && p.sb != nil && strings.Contains(strings.ToLower(e.Message), "permission denied"):
+		e.Hint = "if the path is outside the plugin's private directory: the sandbox lets plugins write only there " +
+			"(their working directory and TMPDIR, removed when the process stops); emit results as batches instead, " +
+			"or add the path to the goplugin guest's Sandbox.Writable"
 	case kind == guest.ErrPlugin:
 		e.Hint = "the plugin's Process returned this error"
 	case kind == guest.ErrSchema:

@@ -19,6 +19,7 @@ func startEnv(t *testing.T, pre string, startTimeout time.Duration) (*env, strin
 	e := newEnv(t, func(c *goplugin.Config) {
 		c.StartTimeout = startTimeout
 		c.Env = []string{"CF_TEST_PREHANDSHAKE=" + pre, "CF_TEST_MARKER_DIR=" + markers}
+		c.Sandbox.Writable = []string{markers}
 	})
 	return e, markers
 }
@@ -101,6 +102,7 @@ func TestInfoHangs(t *testing.T) {
 	e := newEnv(t, func(c *goplugin.Config) {
 		c.StartTimeout = 3 * time.Second // the handshake alone can take >1 s on a loaded 2-core machine
 		c.Env = []string{"CF_TEST_INFO=hang", "CF_TEST_MARKER_DIR=" + markers}
+		c.Sandbox.Writable = []string{markers}
 	})
 	start := time.Now()
 	_, err := e.run(context.Background(), e.load(guest.Plugin{}), map[string]any{"mode": "emit"})

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -159,6 +160,32 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 		hl.Warn("hclog warning", "key", "value", "count", 3)
 		hl.Error("hclog error")
 		return nil
+	case "forkbomb":
+		// Children in sessions of their own, out of reach of a group kill,
+		// until starting one more fails.
+		for n := 0; ; n++ {
+			cmd := exec.Command("sleep", in.Config["secs"].(string))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if err := cmd.Start(); err != nil {
+				return fmt.Errorf("started %d children, then: %w", n, err)
+			}
+		}
+	case "write":
+		// Writes config "path", or a file in its TMPDIR and one in its
+		// working directory.
+		if path, ok := in.Config["path"].(string); ok {
+			return os.WriteFile(path, []byte("x"), 0o600)
+		}
+		if err := os.WriteFile(filepath.Join(os.TempDir(), "tmp.txt"), []byte("x"), 0o600); err != nil {
+			return err
+		}
+		if err := os.Mkdir("sub", 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join("sub", "cwd.txt"), []byte("x"), 0o600); err != nil {
+			return err
+		}
+		return os.Rename(filepath.Join("sub", "cwd.txt"), "cwd.txt")
 	case "undeclared":
 		return emit(out, "secret", numbersBatch(0, 1))
 	case "wrongschema":
