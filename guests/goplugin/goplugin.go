@@ -10,7 +10,10 @@
 // and temp directory, a reduced environment, AutoMTLS, and a stdin pipe whose
 // only write end the host holds: if the host dies, even by SIGKILL, the
 // plugin's SDK sees EOF (and on Linux a SIGTERM from Pdeathsig) and kills its
-// process group, so nothing is orphaned. go-plugin's handshake, the TLS dial
+// process group, so nothing is orphaned. Unless Config.NoSandbox, it also
+// runs sandboxed (internal/sandbox): in a pids cgroup of its own, killed with
+// everything in it when the process stops, and under Landlock, writing only
+// in its private directory. go-plugin's handshake, the TLS dial
 // and the plugin's Info call together must finish within
 // Config.StartTimeout; a plugin that writes to stdout before the handshake
 // fails at once with an error quoting what it wrote.

@@ -47,7 +47,6 @@ func cgroups(log *slog.Logger) *cgroupManager {
 				"reason", cgMgr.reason)
 			return
 		}
-		cgMgr.removeStale()
 		log.Debug("sandbox: plugin processes get a pids cgroup each", "cgroup_version", cgMgr.version, "parent", cgMgr.hostDir())
 	})
 	return cgMgr
@@ -136,6 +135,7 @@ func probe(dir string, version int) *cgroupManager {
 		}
 	}
 	m := &cgroupManager{version: version, base: dir}
+	m.removeStale()
 	// Make (and remove) the host's directory and a guest's once.
 	cg, err := m.create(DefaultMaxProcesses)
 	if err != nil {
@@ -361,7 +361,9 @@ func readPids(file string) ([]int, error) {
 
 // removeStale removes the cgroups that hosts which died (SIGKILL leaves no
 // chance to clean up) left under the base, killing what still runs there.
-// A reused pid only keeps a stale directory longer.
+// A reused pid only keeps a stale directory longer. It runs before this
+// host makes any, so a directory with this host's pid (a host that had the
+// same pid, e.g. pid 1 of a restarted container) is stale too.
 func (m *cgroupManager) removeStale() {
 	ents, err := os.ReadDir(m.base)
 	if err != nil {
@@ -373,10 +375,10 @@ func (m *cgroupManager) removeStale() {
 			continue
 		}
 		pid, err := strconv.Atoi(rest)
-		if err != nil || pid <= 0 || pid == os.Getpid() {
+		if err != nil || pid <= 0 {
 			continue
 		}
-		if err := unix.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		if err := unix.Kill(pid, 0); pid != os.Getpid() && !errors.Is(err, syscall.ESRCH) {
 			continue
 		}
 		host := filepath.Join(m.base, e.Name())

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +163,37 @@ func TestParse(t *testing.T) {
 	}
 	if d, _ := cgroupDir(*v2, p2); d != "/sys/fs/cgroup/uni fied/user.slice" {
 		t.Errorf("%q", d)
+	}
+}
+
+// The cgroups of a host that died are removed, with what still ran there,
+// when the next host detects its cgroups.
+func TestRemoveStale(t *testing.T) {
+	st := requireSandbox(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Dir(st.CgroupParent)
+	host := filepath.Join(base, hostDirPrefix+strconv.Itoa(dead.Process.Pid))
+	g := filepath.Join(host, "g7")
+	if err := os.MkdirAll(g, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(g); os.Remove(host) })
+	orphan := exec.Command("sleep", "600")
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Process.Kill()
+	if err := os.WriteFile(filepath.Join(g, "cgroup.procs"), []byte(strconv.Itoa(orphan.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	(&cgroupManager{version: st.CgroupVersion, base: base}).removeStale()
+	if err := orphan.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("the orphan ended with %v, want killed", err)
+	}
+	if _, err := os.Stat(host); !os.IsNotExist(err) {
+		t.Errorf("the stale cgroup is still there: %v", err)
 	}
 }
