@@ -30,10 +30,11 @@ import (
 
 // proc is a daemon started by a test.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
+	name    string
+	cmd     *exec.Cmd
+	out     *lockedBuffer
+	done    chan struct{}
+	started time.Time // just before the process was started
 }
 
 type lockedBuffer struct {
@@ -66,6 +67,7 @@ func startProcEnv(t *testing.T, name string, env []string, args ...string) *proc
 	p.cmd.Dir = testenv.RepoRoot()
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Env = append(append(os.Environ(), "CASPARIAN_LOG=debug"), env...)
+	p.started = time.Now()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -172,6 +174,24 @@ type cluster struct {
 	st       *store.Store
 	py       string
 	rdb      *sql.DB
+	sockDir  string // short temporary dir: sockets, the workers' TMPDIR
+	hist     *history
+
+	mu    sync.Mutex
+	procs []*proc // every daemon started, in order
+}
+
+// allProcs lists every daemon the cluster started.
+func (c *cluster) allProcs() []*proc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*proc(nil), c.procs...)
+}
+
+func (c *cluster) addProc(p *proc) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.procs = append(c.procs, p)
 }
 
 // sql is a read-only connection to the queue, for columns Job does not carry.
@@ -197,7 +217,7 @@ func newCluster(t *testing.T) *cluster {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	c := &cluster{t: t, dir: dir, db: filepath.Join(dir, "queue.db"), out: filepath.Join(dir, "out"),
 		tcp: "tcp://" + freeAddr(t), ipc: "ipc://" + filepath.Join(sockDir, "s.sock"), metrics: freeAddr(t),
-		py: testenv.Python(t)}
+		py: testenv.Python(t), sockDir: sockDir}
 	st, err := store.Open(context.Background(), c.db, store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -212,6 +232,7 @@ func (c *cluster) startSentinel(extra ...string) {
 	args := append([]string{"sentinel", "--bind", c.tcp, "--bind", c.ipc, "--database", c.db,
 		"--metrics-addr", c.metrics, "--cleanup-interval", "500ms", "--probe-interval", "1s", "--poll-interval", "100ms"}, extra...)
 	c.sentinel = startProc(c.t, "sentinel", args...)
+	c.addProc(c.sentinel)
 	waitFor(c.t, 20*time.Second, "the sentinel to listen", func() bool {
 		return strings.Contains(c.sentinel.out.String(), "sentinel listening")
 	})
@@ -228,7 +249,15 @@ func (c *cluster) startWorkerEnv(name, endpoint string, env []string, extra ...s
 	args := append([]string{"worker", "--connect", endpoint, "--output", c.out, "--worker-id", name,
 		"--python", c.py, "--metrics-addr", maddr, "--heartbeat-interval", "1s", "--sentinel-timeout", "5s",
 		"--envs-dir", filepath.Join(c.dir, "venvs-"+name)}, extra...)
-	return startProcEnv(c.t, name, env, args...), maddr
+	// A temporary dir of its own, so that every process it starts runs in
+	// or names the cluster's directories (checkHistory looks for orphans).
+	tmp := filepath.Join(c.sockDir, "tmp-"+name)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	p := startProcEnv(c.t, name, append([]string{"TMPDIR=" + tmp}, env...), args...)
+	c.addProc(p)
+	return p, maddr
 }
 
 // enqueue registers plugin and enqueues one job per input.
