@@ -41,8 +41,7 @@ func ReadIPC(body io.Reader, limit int64, mem memory.Allocator, fn func(arrow.Re
 		}
 	}()
 	tr := newAllocTracker(mem)
-	rdr, err := ipc.NewReader(newIPCGuard(body, limit), ipc.WithAllocator(tr),
-		ipc.WithMetadataSizeLimit(limit), ipc.WithBodySizeLimit(limit))
+	rdr, err := ipc.NewReaderFromMessageReader(newGuardedReader(body, limit, tr), ipc.WithAllocator(tr))
 	if err != nil {
 		tr.freeStep()
 		return 0, fmt.Errorf("%w: %v", ErrInvalidArrow, err)

@@ -5,108 +5,156 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync/atomic"
+
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
-// ipcGuard sits between an untrusted Arrow IPC stream and arrow-go's reader.
+// guardedReader is the ipc.MessageReader that ReadIPC gives arrow-go's
+// stream reader in place of its own, for an untrusted stream.
+//
 // arrow-go sizes allocations from counts in the flatbuffer metadata before
 // checking them against the buffer (a schema claiming 10^10 fields makes it
 // allocate tens of GB: found by FuzzFrames; the class of apache/arrow-go
 // #948, lengths used before validation), so every message's metadata is
 // verified here first: every table, vector and string must lie inside the
-// metadata buffer, nesting is bounded, and compressed record batches (which
-// carry their own uncompressed sizes) are refused. Bodies pass through
-// unchanged, streamed.
-type ipcGuard struct {
-	r       io.Reader
-	limit   int64  // largest metadata or body accepted
-	pending []byte // verified prefix+metadata not yet returned
-	body    int64  // body bytes of the current message still to pass through
-	done    bool   // end-of-stream marker seen
-	err     error
+// metadata buffer, nesting is bounded, every buffer lies inside the body,
+// and compressed record batches (which carry their own uncompressed sizes)
+// are refused.
+//
+// arrow-go's own message reader also allocates a message's whole announced
+// body before reading it: on a streamed source (a socket, gRPC chunks) a
+// guest that announces 200 MiB and sends 1 KiB makes the host take 200 MiB.
+// Here metadata and bodies grow as their bytes arrive instead (bodies in
+// steps of up to bodyStep, then four times larger), so an announced length
+// costs at most what was sent plus one step.
+type guardedReader struct {
+	r     io.Reader
+	limit int64 // largest metadata or body accepted
+	mem   memory.Allocator
+	refs  atomic.Int64
+	msg   *ipc.Message // the current message (valid until the next one)
+	done  bool         // end of stream seen
 }
 
 const (
 	maxFieldDepth = 64
 	maxFields     = 1 << 16 // fields in one schema, all levels
+
+	// bodyStep is the body allocated before any of it arrives: a whole
+	// body up to this size (the Python SDK's batches are 16 MiB), the first
+	// step of a bigger one.
+	bodyStep = 16 << 20
 )
 
-func newIPCGuard(r io.Reader, limit int64) *ipcGuard { return &ipcGuard{r: r, limit: limit} }
+var _ ipc.MessageReader = (*guardedReader)(nil)
 
-func (g *ipcGuard) Read(p []byte) (int, error) {
-	for {
-		if len(g.pending) > 0 {
-			n := copy(p, g.pending)
-			g.pending = g.pending[n:]
-			return n, nil
-		}
-		if g.body > 0 {
-			if int64(len(p)) > g.body {
-				p = p[:g.body]
-			}
-			n, err := g.r.Read(p)
-			g.body -= int64(n)
-			if err == io.EOF && g.body > 0 {
-				err = io.ErrUnexpectedEOF
-			}
-			return n, err
-		}
-		if g.err != nil {
-			return 0, g.err
-		}
-		if g.done {
-			return 0, io.EOF
-		}
-		g.err = g.nextMessage()
+func newGuardedReader(r io.Reader, limit int64, mem memory.Allocator) *guardedReader {
+	g := &guardedReader{r: r, limit: limit, mem: mem}
+	g.refs.Add(1)
+	return g
+}
+
+func (g *guardedReader) Retain() { g.refs.Add(1) }
+
+func (g *guardedReader) Release() {
+	if g.refs.Add(-1) == 0 && g.msg != nil {
+		g.msg.Release()
+		g.msg = nil
 	}
 }
 
-// nextMessage reads and verifies one message prefix and its metadata.
-func (g *ipcGuard) nextMessage() error {
-	var prefix [8]byte
-	if _, err := io.ReadFull(g.r, prefix[:4]); err != nil {
-		if err == io.EOF {
-			return io.EOF
-		}
-		return fmt.Errorf("%w: message prefix: %v", ErrInvalidArrow, err)
+// Message reads, verifies and returns the next message; io.EOF at the end
+// of the stream (its end marker, or the end of the input between messages).
+func (g *guardedReader) Message() (*ipc.Message, error) {
+	if g.done {
+		return nil, io.EOF
 	}
-	hdr := 4
-	size := int32(binary.LittleEndian.Uint32(prefix[:4]))
-	if uint32(size) == 0xFFFFFFFF { // continuation marker, then the length
-		if _, err := io.ReadFull(g.r, prefix[4:8]); err != nil {
-			return fmt.Errorf("%w: message length: %v", ErrInvalidArrow, err)
+	meta, bodyLen, err := g.metadata()
+	if err != nil {
+		if err == io.EOF {
+			g.done = true
 		}
-		hdr = 8
-		size = int32(binary.LittleEndian.Uint32(prefix[4:8]))
+		return nil, err
+	}
+	body, err := readBody(g.r, bodyLen, g.mem)
+	if err != nil {
+		return nil, err
+	}
+	if g.msg != nil {
+		g.msg.Release()
+		g.msg = nil
+	}
+	mb := memory.NewBufferBytes(meta)
+	g.msg = ipc.NewMessage(mb, body) // retains both
+	mb.Release()
+	body.Release()
+	return g.msg, nil
+}
+
+// metadata reads and verifies one message prefix and its metadata, and
+// returns the metadata and the body length; io.EOF at the end of the stream.
+func (g *guardedReader) metadata() ([]byte, int64, error) {
+	var prefix [4]byte
+	if _, err := io.ReadFull(g.r, prefix[:]); err != nil {
+		if err == io.EOF {
+			return nil, 0, io.EOF
+		}
+		return nil, 0, fmt.Errorf("%w: message prefix: %v", ErrInvalidArrow, err)
+	}
+	size := int32(binary.LittleEndian.Uint32(prefix[:]))
+	if uint32(size) == 0xFFFFFFFF { // continuation marker, then the length
+		if _, err := io.ReadFull(g.r, prefix[:]); err != nil {
+			return nil, 0, fmt.Errorf("%w: message length: %v", ErrInvalidArrow, unexpected(err))
+		}
+		size = int32(binary.LittleEndian.Uint32(prefix[:]))
 	}
 	if size == 0 {
-		g.done = true
-		g.pending = append([]byte(nil), prefix[:hdr]...)
-		return nil
+		return nil, 0, io.EOF
 	}
 	if size < 0 || int64(size) > g.limit {
-		return fmt.Errorf("%w: message metadata of %d bytes (limit %d)", ErrInvalidArrow, size, g.limit)
+		return nil, 0, fmt.Errorf("%w: message metadata of %d bytes (limit %d)", ErrInvalidArrow, size, g.limit)
 	}
-	// The buffer grows as the metadata arrives: a length the guest
-	// announces and never sends costs nothing (a streamed source cannot
-	// be checked up front).
-	mb := bytes.NewBuffer(make([]byte, hdr, hdr+min(int(size), 64<<10)))
-	copy(mb.Bytes(), prefix[:hdr])
+	mb := bytes.NewBuffer(make([]byte, 0, min(int(size), 64<<10)))
 	if n, err := io.CopyN(mb, g.r, int64(size)); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return fmt.Errorf("%w: message metadata: %v after %d of %d bytes", ErrInvalidArrow, err, n, size)
+		return nil, 0, fmt.Errorf("%w: message metadata: %v after %d of %d bytes", ErrInvalidArrow, unexpected(err), n, size)
 	}
-	buf := mb.Bytes()
-	bodyLen, err := verifyMessage(buf[hdr:])
+	meta := mb.Bytes()
+	bodyLen, err := verifyMessage(meta)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidArrow, err)
+		return nil, 0, fmt.Errorf("%w: %v", ErrInvalidArrow, err)
 	}
 	if bodyLen < 0 || bodyLen > g.limit {
-		return fmt.Errorf("%w: message body of %d bytes (limit %d)", ErrInvalidArrow, bodyLen, g.limit)
+		return nil, 0, fmt.Errorf("%w: message body of %d bytes (limit %d)", ErrInvalidArrow, bodyLen, g.limit)
 	}
-	g.pending, g.body = buf, bodyLen
-	return nil
+	return meta, bodyLen, nil
+}
+
+// readBody reads a message body of n bytes into a buffer of mem that grows
+// as the bytes arrive.
+func readBody(r io.Reader, n int64, mem memory.Allocator) (*memory.Buffer, error) {
+	buf := memory.NewResizableBuffer(mem)
+	var got int64
+	for size := min(n, bodyStep); ; size = min(n, 4*size) {
+		buf.Resize(int(size))
+		k, err := io.ReadFull(r, buf.Bytes()[got:size])
+		got += int64(k)
+		if err != nil {
+			buf.Release()
+			return nil, fmt.Errorf("%w: message body: %v after %d of %d bytes", ErrInvalidArrow, unexpected(err), got, n)
+		}
+		if got == n {
+			return buf, nil
+		}
+	}
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // fb is a bounds-checked view of one flatbuffer.

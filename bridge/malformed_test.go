@@ -2,10 +2,13 @@ package bridge
 
 import (
 	"bytes"
+	"encoding/binary"
+	"io"
 	"strings"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	"github.com/casparianflow/casparian/internal/ipctest"
@@ -42,25 +45,81 @@ func TestReadIPCMalformed(t *testing.T) {
 }
 
 // A length a streamed source announces and never sends costs the host next
-// to nothing: metadata is buffered as it arrives. (A record batch body is
-// different: arrow-go allocates the announced body, up to the limit, before
-// reading it; the Go allocator does not touch those pages until they are
-// written, so the resident set does not grow, but the allocator sees the
-// request.)
-func TestAnnouncedMetadataIsNotReserved(t *testing.T) {
+// to nothing: metadata and bodies are buffered as they arrive (a body in
+// steps of bodyStep, then four times larger), not allocated at their
+// announced size.
+func TestAnnouncedLengthsAreNotReserved(t *testing.T) {
 	v := ipctest.Valid(8)
 	b := ipctest.Messages(v)[1]
-	stream := append(append([]byte(nil), v[:b.Start]...), 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0x0C) // 200 MiB of metadata
-	stream = append(stream, make([]byte, 1024)...)
+	meta := append(append([]byte(nil), v[:b.Start]...), 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0x0C) // 192 MiB of metadata
+	body := append([]byte(nil), v[:b.Body]...)
+	binary.LittleEndian.PutUint64(body[b.BodyLenAt:], 200<<20) // a 200 MiB body
+	for _, c := range []struct {
+		name, want string
+		stream     []byte
+	}{
+		{"metadata", "after 1024 of 201326592 bytes", meta},
+		{"body", "after 1024 of 209715200 bytes", body},
+	} {
+		stream := append(c.stream, make([]byte, 1024)...)
+		mem := &peakAllocator{mem: memory.NewCheckedAllocator(memory.NewGoAllocator())}
+		before := heapAllocated()
+		_, err := ReadIPC(bytes.NewReader(stream), 256<<20, mem, func(arrow.RecordBatch) error { return nil })
+		grew := heapAllocated() - before
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%s: err = %v", c.name, err)
+		}
+		if grew > 24<<20 || mem.peak > bodyStep+64<<10 {
+			t.Errorf("%s: refusing 1 KiB of 200 MiB announced took %d MiB of Go heap, %d MiB of Arrow memory", c.name, grew>>20, mem.peak>>20)
+		}
+		mem.mem.AssertSize(t, 0)
+	}
+}
+
+// A body bigger than bodyStep, arriving in small reads, is read whole
+// (its buffer grown as it arrives) and decodes to the same values.
+func TestLargeBodyGrows(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	before := heapAllocated()
-	_, err := ReadIPC(bytes.NewReader(stream), 256<<20, mem, func(arrow.RecordBatch) error { return nil })
-	grew := heapAllocated() - before
-	if err == nil || !strings.Contains(err.Error(), "after 1024 of 201326592 bytes") {
-		t.Fatalf("err = %v", err)
+	defer mem.AssertSize(t, 0)
+	const rows = 5 << 20 // 40 MiB of int64
+	bld := array.NewInt64Builder(mem)
+	bld.Resize(rows)
+	for i := 0; i < rows; i++ {
+		bld.UnsafeAppend(int64(i) * 3)
 	}
-	if grew > 8<<20 {
-		t.Errorf("refusing 1 KiB of a 200 MiB announced metadata allocated %d MiB", grew>>20)
+	col := bld.NewArray()
+	bld.Release()
+	schema := arrow.NewSchema([]arrow.Field{{Name: "v", Type: arrow.PrimitiveTypes.Int64}}, nil)
+	rec := array.NewRecordBatch(schema, []arrow.Array{col}, rows)
+	col.Release()
+	stream, err := EncodeIPC(schema, rec)
+	rec.Release()
+	if err != nil {
+		t.Fatal(err)
 	}
-	mem.AssertSize(t, 0)
+	n, err := ReadIPC(&smallReads{b: stream, n: 100 << 10}, int64(len(stream)), mem, func(r arrow.RecordBatch) error {
+		v := r.Column(0).(*array.Int64)
+		if r.NumRows() != rows || v.Value(0) != 0 || v.Value(rows/2) != int64(rows/2)*3 || v.Value(rows-1) != int64(rows-1)*3 {
+			t.Errorf("decoded %d rows, values %d, %d, %d", r.NumRows(), v.Value(0), v.Value(rows/2), v.Value(rows-1))
+		}
+		return nil
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("%d batches, %v", n, err)
+	}
+}
+
+// smallReads returns at most n bytes per Read, like a socket.
+type smallReads struct {
+	b []byte
+	n int
+}
+
+func (r *smallReads) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), r.n)], r.b)
+	r.b = r.b[k:]
+	return k, nil
 }
