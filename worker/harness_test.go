@@ -32,6 +32,7 @@ import (
 	"github.com/casparianflow/casparian/guests/python"
 	"github.com/casparianflow/casparian/host"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/sandbox"
 	"github.com/casparianflow/casparian/internal/testenv"
 	"github.com/casparianflow/casparian/sentinel/protocol"
 	"github.com/casparianflow/casparian/sentinel/transport"
@@ -487,6 +488,7 @@ type harness struct {
 	w      *worker.Worker
 	rt     *testRuntime
 	py     *python.Runtime // nil unless requested
+	pyDir  string          // a directory the Python plugins may write besides their scratch dir
 	out    string          // the host's output dir
 	input  string          // an input file (3 lines)
 	cancel context.CancelFunc
@@ -513,7 +515,9 @@ func startWorker(t *testing.T, s *fakeSentinel, o options) *harness {
 	}
 	runtimes := map[guest.Kind]guest.Runtime{kindTest: h.rt}
 	if o.python {
-		py, err := python.New(python.Config{Python: testenv.Python(t), KillGrace: 2 * time.Second, TempDir: shortTempDir(t)})
+		h.pyDir = shortTempDir(t)
+		py, err := python.New(python.Config{Python: testenv.Python(t), KillGrace: 2 * time.Second, TempDir: shortTempDir(t),
+			Sandbox: sandbox.Options{Writable: []string{h.pyDir}}})
 		if err != nil {
 			t.Fatal(err)
 		}
