@@ -386,7 +386,8 @@ func failureHint(kind error, msg string) string {
 	}
 	m := strings.ToLower(msg)
 	for _, s := range []string{"no such file", "not exist", "not found", "permission denied", "read-only", "not permitted",
-		"bad file descriptor", "bad file number", "not supported", "not implemented", "capabilit"} {
+		"bad file descriptor", "bad file number", "not supported", "not implemented", "capabilit",
+		"connection refused", "connection reset"} {
 		if strings.Contains(m, s) {
 			return "inside the WASM sandbox the plugin sees only its input file, read-only, at the path in sdk.Input.Path (" +
 				abi.InputMount + "/<file name>); no other file, directory, network or environment variable exists there"

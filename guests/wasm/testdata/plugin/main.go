@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -44,6 +45,8 @@ func num(cfg map[string]any, key string, def int) int {
 var sink [][]byte // keeps "grow" allocations alive
 
 var calls int // Process calls this module instance served
+
+var listeners []net.Listener // kept open by mode "listen"
 
 func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 	mode, _ := in.Config["mode"].(string)
@@ -87,6 +90,20 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 		return os.WriteFile(in.Path, []byte("overwritten"), 0o644)
 	case "escape":
 		return escape(in, out)
+	case "dial":
+		// Dials config "network" ("tcp" or "udp") at config "addr" and, if
+		// that works, writes to the connection.
+		return dial(in.Config)
+	case "listen":
+		// Listens on TCP at config "addr" and keeps the listener open after
+		// the run, so the host can try to reach it while the module is warm.
+		ln, err := net.Listen("tcp", in.Config["addr"].(string))
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, ln)
+		out.Logger().Info("listening", "addr", ln.Addr().String())
+		return nil
 	case "undeclared":
 		return out.Emit("secret", batch(1, 0))
 	case "parallel":
@@ -234,6 +251,19 @@ func escape(in sdk.Input, out sdk.Output) error {
 	rec := b.NewRecordBatch()
 	defer rec.Release()
 	return out.Emit("probe", rec)
+}
+
+// dial connects to cfg["addr"] over cfg["network"] and writes a line.
+func dial(cfg map[string]any) error {
+	network, _ := cfg["network"].(string)
+	addr, _ := cfg["addr"].(string)
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte("hello from the sandbox\n"))
+	return err
 }
 
 // errOrNil reports err, or an error when leaked is true (something visible
