@@ -62,7 +62,14 @@ func (s *Sentinel) dispatchSome(ctx context.Context, w *worker) (bool, error) {
 		s.log.Error("reading plugin environments failed", "worker", w.id, "error", err)
 		return false, err
 	}
-	cs, err := s.st.ClaimNExcept(ctx, w.id, w.caps, except, s.cfg.Lease, (w.free()+1)/2)
+	// Crash-looping plugins are left out of the batch; one of their jobs
+	// at a time is claimed as a probe (crashloop.go).
+	cs, err := s.st.ClaimNExcept(ctx, w.id, w.caps, append(except, s.loops.held()...), s.cfg.Lease, (w.free()+1)/2)
+	if err == nil && len(cs) < w.free() {
+		var probe []*store.Claimed
+		probe, err = s.claimProbe(ctx, w, except)
+		cs = append(cs, probe...)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err // shutting down
@@ -118,7 +125,7 @@ func (s *Sentinel) dispatchClaimed(ctx context.Context, w *worker, c *store.Clai
 	if err != nil {
 		return true, nil
 	}
-	w.jobs[c.ID] = &running{attempt: c.Attempt, dispatched: time.Now()}
+	w.jobs[c.ID] = &running{attempt: c.Attempt, plugin: c.PluginName, dispatched: time.Now()}
 	if !s.send(ctx, w, m) {
 		// w was evicted and its jobs (this one included) released.
 		return true, nil

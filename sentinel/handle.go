@@ -160,7 +160,7 @@ func (s *Sentinel) heartbeat(ctx context.Context, w *worker, p *protocol.Heartbe
 				s.abortStale(ctx, w, id, "the job is no longer leased to this worker")
 				continue
 			}
-			rj = &running{attempt: j.Attempt, dispatched: time.Now()}
+			rj = &running{attempt: j.Attempt, plugin: j.PluginName, dispatched: time.Now()}
 			w.jobs[id] = rj
 			s.log.Info(fmt.Sprintf("[Job %d] adopted from worker %s (attempt %d)", id, w.id, j.Attempt))
 		}
@@ -304,6 +304,10 @@ func (s *Sentinel) concluded(ctx context.Context, p pendingConclude, tr store.Tr
 	s.countTransitions([]store.Transition{tr})
 	if rj != nil {
 		s.metrics.JobDuration.Observe(time.Since(rj.dispatched).Seconds())
+		if msg := s.loops.concluded(rj.plugin, id, rc, time.Now()); msg != "" {
+			s.log.Warn(msg, "plugin", rj.plugin)
+		}
+		s.metrics.CrashLooping.Set(float64(s.loops.looping()))
 	}
 	attrs := []any{"job_id", id, "worker", workerName(w, p.identity), "attempt", attempt, "status", tr.To}
 	switch tr.To {

@@ -38,6 +38,7 @@ type Metrics struct {
 	Workers            prometheus.Gauge
 	Slots              prometheus.Gauge
 	BusySlots          prometheus.Gauge
+	CrashLooping       prometheus.Gauge
 }
 
 func newMetrics() *Metrics {
@@ -77,6 +78,8 @@ func newMetrics() *Metrics {
 		Workers:   g("sentinel_workers", "Registered workers."),
 		Slots:     g("sentinel_worker_slots", "Job slots of the registered workers."),
 		BusySlots: g("sentinel_busy_slots", "Slots of registered workers running a dispatched job."),
+		CrashLooping: g("sentinel_plugins_crash_looping",
+			"Plugins whose last attempts all crashed, hung or hit a resource limit: their jobs run one at a time."),
 	}
 }
 
@@ -84,7 +87,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.JobsDispatched, m.JobsCompleted, m.JobsFailed, m.JobsRejected, m.JobsRequeued,
 		m.WorkersRegistered, m.WorkersCleanedUp, m.MessagesReceived, m.MessagesSent, m.ProtocolErrors, m.DBErrors,
 		m.DispatchTimeMicros, m.ConcludeTimeMicros, m.JobsAborted, m.StaleConclusions, m.LeasesExpired,
-		m.SendQueueOverflows, m.Deploys, m.DispatchLatency, m.JobDuration, m.Workers, m.Slots, m.BusySlots}
+		m.SendQueueOverflows, m.Deploys, m.DispatchLatency, m.JobDuration, m.Workers, m.Slots, m.BusySlots, m.CrashLooping}
 }
 
 // queueCollector reports casparian_queue_jobs{status} from SQLite at scrape

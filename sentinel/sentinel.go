@@ -43,6 +43,8 @@ const (
 	DefaultLease            = 30 * time.Second
 	DefaultPollInterval     = 500 * time.Millisecond
 	DefaultSendQueue        = 1024
+	DefaultCrashLoopAfter   = 3
+	DefaultCrashLoopPause   = time.Second
 )
 
 // Config configures a Sentinel. Zero values take the defaults above.
@@ -82,6 +84,14 @@ type Config struct {
 	// AllowUnsigned accepts DEPLOYs without a signature (the original's
 	// publisher never signed). Default false.
 	AllowUnsigned bool
+	// CrashLoopAfter is the number of attempts of one plugin in a row that
+	// crashed, hung past their deadline or hit a resource limit after which
+	// its jobs run one at a time, CrashLoopPause apart, until one succeeds
+	// (see crashloop.go). Default 3; negative disables it.
+	CrashLoopAfter int
+	// CrashLoopPause is the least time between two attempts of a
+	// crash-looping plugin. Default 1 s.
+	CrashLoopPause time.Duration
 	// MaxPayload caps incoming payloads. Default protocol.DefaultMaxPayload.
 	MaxPayload uint32
 	// Security authenticates peers (workers, publishers): with a
@@ -114,6 +124,12 @@ func (c Config) withDefaults() Config {
 	if c.SendQueue <= 0 {
 		c.SendQueue = DefaultSendQueue
 	}
+	if c.CrashLoopAfter == 0 {
+		c.CrashLoopAfter = DefaultCrashLoopAfter
+	}
+	if c.CrashLoopPause <= 0 {
+		c.CrashLoopPause = DefaultCrashLoopPause
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -144,6 +160,7 @@ type Sentinel struct {
 	plugins  map[string]cachedPlugin
 	envCache *cachedEnvs       // plugin environments, as pluginEnvs caches them
 	pending  []pendingConclude // CONCLUDEs received, not yet recorded
+	loops    *crashLoops       // crash-looping plugins
 }
 
 // New validates cfg and returns a Sentinel. It registers the metrics.
@@ -157,6 +174,7 @@ func New(cfg Config) (*Sentinel, error) {
 		log:     cfg.Logger,
 		st:      cfg.Store,
 		metrics: newMetrics(),
+		loops:   newCrashLoops(cfg.CrashLoopAfter, cfg.CrashLoopPause),
 		dec:     protocol.Decoder{MaxPayload: cfg.MaxPayload},
 		wake:    make(chan struct{}, 1),
 		ready:   make(chan struct{}),

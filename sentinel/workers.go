@@ -54,6 +54,7 @@ type worker struct {
 
 type running struct {
 	attempt    int64
+	plugin     string
 	dispatched time.Time
 }
 

@@ -676,6 +676,10 @@ func (w *Worker) finish(r jobResult) error {
 		w.metrics.JobsFailed.Inc()
 		receipt.Retriable = errors.Is(rc.Err, guest.ErrCrashed) || errors.Is(rc.Err, guest.ErrTimeout) ||
 			errors.Is(rc.Err, guest.ErrSink)
+		var ge *guest.Error
+		if errors.As(rc.Err, &ge) {
+			receipt.ErrorKind = ge.Code()
+		}
 		if errors.Is(rc.Err, guest.ErrTimeout) {
 			w.metrics.BridgeTimeouts.Inc()
 		} else if !errors.Is(rc.Err, guest.ErrInput) && !errors.Is(rc.Err, guest.ErrSink) {

@@ -49,6 +49,8 @@ type sentinelFlags struct {
 	tofu, allowUnsigned              bool
 	maxRetries                       int
 	backoff                          time.Duration
+	crashLoopAfter                   int
+	crashLoopPause                   time.Duration
 }
 
 func (f *sentinelFlags) register(fs *flag.FlagSet) {
@@ -60,6 +62,8 @@ func (f *sentinelFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.poll, "poll-interval", sentinel.DefaultPollInterval, "how often the queue is checked for jobs added by other processes")
 	fs.IntVar(&f.maxRetries, "max-retries", 5, "times a failed-retriable, lost or rejected job is queued again before it is FAILED for good (0: never)")
 	fs.DurationVar(&f.backoff, "retry-backoff", 2*time.Second, "delay before the first retry; it doubles for each later one (up to 5m)")
+	fs.IntVar(&f.crashLoopAfter, "crash-loop-after", sentinel.DefaultCrashLoopAfter, "after this many attempts of a plugin in a row crashed, hung or hit a resource limit, run its jobs one at a time until one succeeds (0: never)")
+	fs.DurationVar(&f.crashLoopPause, "crash-loop-pause", sentinel.DefaultCrashLoopPause, "least time between two attempts of a crash-looping plugin")
 	fs.BoolVar(&f.tofu, "trust-on-first-use", false, "trust the key of a correctly signed DEPLOY from an unknown publisher (default: only keys added with casparian keys trust)")
 	fs.BoolVar(&f.allowUnsigned, "allow-unsigned-deploys", false, "accept DEPLOYs without a signature (the original system's publisher)")
 	fs.DurationVar(&f.scanInterval, "scan-interval", 0, "rescan the source roots this often, queueing jobs for new and changed files (0: never; see casparian source add)")
@@ -77,6 +81,14 @@ func (f *sentinelFlags) openStore(ctx context.Context) (*store.Store, error) {
 	return openStoreWith(ctx, *f.database, store.Options{MaxRetries: retries, BackoffBase: f.backoff})
 }
 
+// crashLoopAfter maps the flag (0: never) to sentinel.Config (negative: never).
+func crashLoopAfter(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
 // startScanner runs the periodic scan of the source roots, if enabled.
 func (f *sentinelFlags) startScanner(ctx context.Context, st *store.Store, s *sentinel.Sentinel, log *slog.Logger) {
 	if f.scanInterval <= 0 {
@@ -89,7 +101,8 @@ func (f *sentinelFlags) startScanner(ctx context.Context, st *store.Store, s *se
 func (f *sentinelFlags) config(bind []string, st *store.Store, log *slog.Logger, reg prometheus.Registerer) sentinel.Config {
 	return sentinel.Config{Bind: bind, Store: st, Logger: log, Registerer: reg, Lease: f.lease,
 		HeartbeatTimeout: f.hbTimeout, CleanupInterval: f.cleanup, ProbeInterval: f.probe, PollInterval: f.poll,
-		TrustOnFirstUse: f.tofu, AllowUnsigned: f.allowUnsigned}
+		TrustOnFirstUse: f.tofu, AllowUnsigned: f.allowUnsigned, CrashLoopAfter: crashLoopAfter(f.crashLoopAfter),
+		CrashLoopPause: f.crashLoopPause}
 }
 
 type workerFlags struct {

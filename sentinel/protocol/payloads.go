@@ -151,6 +151,10 @@ type JobReceipt struct {
 	// retry limit. Without it a FAILED job is final (a plugin's own error,
 	// bad input or a schema mismatch would fail again the same way).
 	Retriable bool `json:"retriable,omitempty"`
+	// ErrorKind (extension), with FAILED: the guest error code (CRASHED,
+	// TIMEOUT, RESOURCE_LIMIT, PLUGIN_ERROR, SINK, ...), so the sentinel can
+	// tell a crashing plugin from a failing disk without parsing messages.
+	ErrorKind string `json:"error_kind,omitempty"`
 }
 
 type jobReceiptJSON JobReceipt
