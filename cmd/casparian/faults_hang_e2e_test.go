@@ -15,10 +15,16 @@ import (
 	"github.com/casparianflow/casparian/sentinel/store"
 )
 
-// hangOvershootBound is what make test asserts of the time from a hung
-// job's deadline to its conclusion (goal: 1 s; measured values are logged
-// and recorded in docs/RELIABILITY.md).
-const hangOvershootBound = 3 * time.Second
+// hangOvershootBound is what is asserted of the time from a hung job's
+// deadline to its conclusion: the goal, 1 s, under make test-faults; 3 s
+// under make test (a short run under -race on a shared machine). Measured
+// values are logged and recorded in docs/RELIABILITY.md.
+func hangOvershootBound() time.Duration {
+	if longFaults() {
+		return time.Second
+	}
+	return 3 * time.Second
+}
 
 // A plugin that ignores cancellation (and SIGTERM) and never returns, in
 // each guest kind, run through the daemons with a per-job deadline
@@ -89,17 +95,27 @@ func hangTrial(t *testing.T, kind string) time.Duration {
 	}
 	// From the worker starting the job to the sentinel recording
 	// its conclusion, less the deadline.
+	// The sentinel logs the conclusion just after recording it: wait
+	// for the line.
 	var started, concluded time.Time
-	for _, ev := range c.logEvents() {
-		if ev.int("job_id") != hung {
-			continue
+	logged := func() bool {
+		started, concluded = time.Time{}, time.Time{}
+		for _, ev := range c.logEvents() {
+			if ev.int("job_id") != hung {
+				continue
+			}
+			if ev.msg == "job started" && started.IsZero() {
+				started = ev.time
+			}
+			if ev.proc == "sentinel" && strings.Contains(ev.msg, "failed") && concluded.IsZero() {
+				concluded = ev.time
+			}
 		}
-		if ev.msg == "job started" && started.IsZero() {
-			started = ev.time
-		}
-		if ev.proc == "sentinel" && strings.Contains(ev.msg, "failed") && concluded.IsZero() {
-			concluded = ev.time
-		}
+		return !started.IsZero() && !concluded.IsZero()
+	}
+	until := time.Now().Add(10 * time.Second)
+	for !logged() && time.Now().Before(until) {
+		time.Sleep(100 * time.Millisecond)
 	}
 	if started.IsZero() || concluded.IsZero() {
 		t.Fatalf("no 'job started' (%v) or conclusion (%v) logged for the hung job", started, concluded)
@@ -107,9 +123,9 @@ func hangTrial(t *testing.T, kind string) time.Duration {
 	over := concluded.Sub(started) - deadline
 	t.Logf("%s: hung job concluded %s after its deadline (%s from its start); plugin processes while it hung: %d",
 		kind, over.Round(time.Millisecond), concluded.Sub(started).Round(time.Millisecond), len(during))
-	if over > hangOvershootBound {
+	if over > hangOvershootBound() {
 		t.Errorf("%s: the hung job was concluded %s after its %s deadline, want at most %s (goal 1 s)",
-			kind, over.Round(time.Millisecond), deadline, hangOvershootBound)
+			kind, over.Round(time.Millisecond), deadline, hangOvershootBound())
 	}
 
 	// Back to the baseline: goroutines (a little slack for the
@@ -120,7 +136,7 @@ func hangTrial(t *testing.T, kind string) time.Duration {
 		g, ps = goroutines(t, maddr), descendants(pid)
 		return g <= baseG+2 && len(ps) <= len(baseP)
 	}
-	until := time.Now().Add(10 * time.Second)
+	until = time.Now().Add(10 * time.Second)
 	for !settled() && time.Now().Before(until) {
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -16,10 +16,16 @@ import (
 // the scenarios below then run their long, measuring variants.
 func longFaults() bool { return faultTrials() > 1 }
 
-// resumeBound is what make test asserts of "dispatch resumes within 2 s of
-// a sentinel restart": a generous bound for a loaded 2-core machine; the
-// measured values are logged and recorded in docs/RELIABILITY.md.
-const resumeBound = 10 * time.Second
+// resumeBound is what is asserted of "dispatch resumes within 2 s of a
+// sentinel restart": the goal under make test-faults; 10 s under make test
+// (a short run under -race on a loaded 2-core machine). Measured values are
+// logged and recorded in docs/RELIABILITY.md.
+func resumeBound() time.Duration {
+	if longFaults() {
+		return 2 * time.Second
+	}
+	return 10 * time.Second
+}
 
 // kill -9 of the sentinel while thousands of small jobs run on two workers,
 // then a restart on the same database and endpoints (as a supervisor would
@@ -98,8 +104,8 @@ func TestClusterSentinelKilledUnderLoad(t *testing.T) {
 			outages[k], k+1, before[store.StatusCompleted], before[store.StatusRunning], listening.Sub(s.started).Round(time.Millisecond),
 			resume.Round(time.Millisecond), done.Round(time.Millisecond))
 		resumes, firstDone = append(resumes, resume), append(firstDone, done)
-		if resume > resumeBound {
-			t.Errorf("dispatch resumed %s after the restart, want well under %s (goal: 2 s)", resume.Round(time.Millisecond), resumeBound)
+		if resume > resumeBound() {
+			t.Errorf("dispatch resumed %s after the restart, want at most %s (goal: 2 s)", resume.Round(time.Millisecond), resumeBound())
 		}
 	}
 	c.waitDone(int64(jobs), 10*time.Minute)
