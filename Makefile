@@ -84,6 +84,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLines$$' -fuzztime $(FUZZTIME) ./guests/wasm
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshal$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzHandshake$$' -fuzztime $(FUZZTIME) ./sentinel/transport
+	$(GO) test -run '^$$' -fuzz '^FuzzFrameParser$$' -fuzztime $(FUZZTIME) ./sentinel/transport
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
