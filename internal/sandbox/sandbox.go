@@ -33,7 +33,6 @@
 package sandbox
 
 import (
-	"errors"
 	"log/slog"
 	"os/exec"
 	"sync"
@@ -111,9 +110,6 @@ type Guest struct {
 	closeOnce sync.Once
 	closeErr  error
 }
-
-// errUnsupported is returned by New outside Linux.
-var errUnsupported = errors.New("sandbox: not supported on this OS")
 
 // New prepares the sandbox of one guest process whose scratch directory
 // (where it may write) is dir: it makes the guest's cgroup when cgroups are

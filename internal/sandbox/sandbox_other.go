@@ -3,6 +3,7 @@
 package sandbox
 
 import (
+	"errors"
 	"log/slog"
 	"os/exec"
 
@@ -12,6 +13,9 @@ import (
 // Outside Linux there is no sandbox: New returns a nil Guest, which
 // sandboxes nothing.
 func newGuest(Options, string, *slog.Logger) (*Guest, error) { return nil, nil }
+
+// errUnsupported is what wrapping a command returns outside Linux.
+var errUnsupported = errors.New("sandbox: not supported on this OS")
 
 func (g *Guest) wrap(*exec.Cmd, rlimit.Limits) (bool, error) { return false, errUnsupported }
 
