@@ -62,18 +62,9 @@ func TestMalformedIPC(t *testing.T) {
 			if rows := out.Rows("rows"); rows != 0 && !c.partial {
 				t.Errorf("%d rows emitted", rows)
 			}
-			g, err := watch.Growth()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if g > rssBound {
-				t.Errorf("host RSS grew by %d MiB (bound %d MiB)", g>>20, rssBound>>20)
-			}
+			watch.Check(t, rssBound)
 		})
 	}
-	g, err := watch.Growth()
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := watch.Check(t, rssBound)
 	t.Logf("%d malformed streams refused; host peak RSS growth %.1f MiB", len(cases), float64(g)/(1<<20))
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"testing"
 )
 
 // RSS returns this process's resident set size and its peak since the last
@@ -71,4 +72,18 @@ func (w *RSSWatch) Growth() (int64, error) {
 		peak = rss
 	}
 	return peak - w.start, nil
+}
+
+// Check fails t when the growth since the start exceeds bound, and returns
+// the growth.
+func (w *RSSWatch) Check(t testing.TB, bound int64) int64 {
+	t.Helper()
+	g, err := w.Growth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g > bound {
+		t.Errorf("host RSS grew by %d MiB (bound %d MiB)", g>>20, bound>>20)
+	}
+	return g
 }
