@@ -19,14 +19,7 @@ import (
 func TestAuthenticatedCluster(t *testing.T) {
 	c := newCluster(t)
 	bin := buildCLI(t)
-	run := func(wantRC int, args ...string) (string, string) {
-		t.Helper()
-		out, errOut, rc := runCLI(t, bin, args...)
-		if rc != wantRC {
-			t.Fatalf("casparian %v: exit %d, want %d\n%s%s", args, rc, wantRC, out, errOut)
-		}
-		return out, errOut
-	}
+	run := cliRunner(t, bin)
 	secret := filepath.Join(c.dir, "secret")
 	wrong := filepath.Join(c.dir, "wrong-secret")
 	if out, _ := run(0, "keys", "secret", secret); !strings.Contains(out, "--secret-file "+secret) {

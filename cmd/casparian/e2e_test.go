@@ -88,6 +88,19 @@ func runCLI(t *testing.T, bin string, args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), code
 }
 
+// cliRunner returns a function that runs bin with args and fails t unless
+// it exits with wantRC; it returns stdout and stderr.
+func cliRunner(t *testing.T, bin string) func(wantRC int, args ...string) (string, string) {
+	return func(wantRC int, args ...string) (string, string) {
+		t.Helper()
+		out, errOut, rc := runCLI(t, bin, args...)
+		if rc != wantRC {
+			t.Fatalf("casparian %v: exit %d, want %d\n%s%s", args, rc, wantRC, out, errOut)
+		}
+		return out, errOut
+	}
+}
+
 // readParquetDir reads every Parquet file of a directory and returns the
 // total rows and the float64 column sum of `col`.
 func readParquetDir(t *testing.T, dir, col string) (rows int64, sum float64, files int) {

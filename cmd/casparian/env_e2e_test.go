@@ -18,14 +18,7 @@ import (
 func TestPluginEnvironments(t *testing.T) {
 	c := newCluster(t)
 	bin := buildCLI(t)
-	run := func(wantRC int, args ...string) (string, string) {
-		t.Helper()
-		out, errOut, rc := runCLI(t, bin, args...)
-		if rc != wantRC {
-			t.Fatalf("casparian %v: exit %d, want %d\n%s%s", args, rc, wantRC, out, errOut)
-		}
-		return out, errOut
-	}
+	run := cliRunner(t, bin)
 	if _, errOut, _ := runCLI(t, c.py, "-c", "import six"); errOut == "" {
 		t.Fatal("the base interpreter has six: the test would prove nothing")
 	}

@@ -19,14 +19,7 @@ func TestPublishAndRoute(t *testing.T) {
 	bin := buildCLI(t)
 	_, wasmMod := buildExamples(t)
 	keys := filepath.Join(c.dir, "keys")
-	run := func(wantRC int, args ...string) (string, string) {
-		t.Helper()
-		out, errOut, rc := runCLI(t, bin, args...)
-		if rc != wantRC {
-			t.Fatalf("casparian %v: exit %d, want %d\n%s%s", args, rc, wantRC, out, errOut)
-		}
-		return out, errOut
-	}
+	run := cliRunner(t, bin)
 	run(0, "keys", "generate", "--dir", keys)
 	if st, err := os.Stat(filepath.Join(keys, "publisher.key")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("private key: %v %v", st, err)
