@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,4 +536,38 @@ type hookedRecorder struct {
 func (r *hookedRecorder) Log(l guest.LogRecord) {
 	r.Recorder.Log(l)
 	r.onLog(l)
+}
+
+// The plugin process sees only the allow-listed environment, go-plugin's
+// handshake variables and the configured extras: not the host's secrets.
+func TestEnvironmentIsReduced(t *testing.T) {
+	t.Setenv("CASPARIAN_TEST_SECRET", "hunter2")
+	e := newEnv(t, func(cfg *goplugin.Config) { cfg.Env = []string{"EXTRA_FOR_GUEST=1"} })
+	inst := e.load(guest.Plugin{})
+	defer inst.Close(context.Background())
+	rec, _ := e.mustRun(inst, map[string]any{"mode": "env"})
+	keys := map[string]bool{}
+	for _, b := range rec.Batches["words"] {
+		col := b.Column(1).(*array.String)
+		for i := 0; i < col.Len(); i++ {
+			keys[col.Value(i)] = true
+		}
+	}
+	t.Logf("the plugin's environment: %v", slices.Sorted(maps.Keys(keys)))
+	if keys["CASPARIAN_TEST_SECRET"] {
+		t.Error("the host's environment leaked into the plugin")
+	}
+	for _, k := range []string{"EXTRA_FOR_GUEST", "TMPDIR", "PATH"} {
+		if !keys[k] {
+			t.Errorf("%s missing from the plugin's environment %v", k, keys)
+		}
+	}
+	for k := range keys {
+		// The allow-list, the scratch TMPDIR, the extras, go-plugin's
+		// handshake (the magic cookie, PLUGIN_*) and the SDK's host flag.
+		if !slices.Contains([]string{"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "EXTRA_FOR_GUEST",
+			"CASPARIAN_FLOW_PLUGIN", "CASPARIAN_GOPLUGIN_HOST"}, k) && !strings.HasPrefix(k, "PLUGIN_") {
+			t.Errorf("unexpected variable %s in the plugin's environment", k)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,6 +105,19 @@ func (plugin) Process(ctx context.Context, in sdk.Input, out sdk.Output) error {
 			}
 		}
 		return nil
+	case "env":
+		// One "words" row per environment variable: its name.
+		ids := array.NewInt64Builder(memory.DefaultAllocator)
+		ws := array.NewStringBuilder(memory.DefaultAllocator)
+		defer ids.Release()
+		defer ws.Release()
+		env := os.Environ()
+		for i, kv := range env {
+			k, _, _ := strings.Cut(kv, "=")
+			ids.Append(int64(i))
+			ws.Append(k)
+		}
+		return emit(out, "words", recordOf(words, len(env), ids.NewArray(), ws.NewArray()))
 	case "error":
 		return fmt.Errorf("bad row 17 in %s", in.Path)
 	case "input":
