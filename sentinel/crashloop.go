@@ -79,6 +79,13 @@ func (c *crashLoops) probing(plugin string, id int64, now time.Time) {
 	}
 }
 
+// idle defers plugin's next probe claim to at (none of its jobs was due).
+func (c *crashLoops) idle(plugin string, at time.Time) {
+	if l := c.m[plugin]; l != nil && at.After(l.next) {
+		l.next = at
+	}
+}
+
 // concluded records an attempt's outcome. It returns a message to log when
 // the plugin starts or stops crash-looping.
 func (c *crashLoops) concluded(plugin string, id int64, rc *protocol.JobReceipt, now time.Time) string {
@@ -173,6 +180,9 @@ func (s *Sentinel) claimProbe(ctx context.Context, w *worker, except []string) (
 			s.loops.probing(p, cs[0].ID, now)
 			return cs, nil
 		}
+		// Nothing of p is due (its jobs wait out their backoff): look
+		// again at the next poll, not at every dispatch pass.
+		s.loops.idle(p, now.Add(s.cfg.PollInterval))
 	}
 	return nil, nil
 }
