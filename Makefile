@@ -3,7 +3,7 @@
 #   make test    everything a user relies on (Go with -race, Python SDK, end to end)
 #   make bench   Parquet sink and Python bridge vs pyarrow, dispatch latency, side by side
 #   make fuzz    the decoders' fuzz targets, briefly
-#   make test-faults  the long fault runs (100 crash trials per point; ~40 min)
+#   make test-faults  the long fault suite (100 crash trials per point; ~1 h)
 #   make lint    gofmt + go vet + staticcheck (pinned)
 #   make build   bin/casparian (static, CGO_ENABLED=0) and the conformance reference plugins
 #   make clean   remove build and demo outputs (make distclean also removes .venv)
