@@ -81,7 +81,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzABIEmit$$' -fuzztime $(FUZZTIME) ./guests/wasm
 	$(GO) test -run '^$$' -fuzz '^FuzzABILog$$' -fuzztime $(FUZZTIME) ./guests/wasm
 	$(GO) test -run '^$$' -fuzz '^FuzzABIDocuments$$' -fuzztime $(FUZZTIME) ./guests/wasm
-	$(GO) test -run '^$$' -fuzz '^FuzzLines$$' -fuzztime $(FUZZTIME) ./guests/wasm
+	$(GO) test -run '^$$' -fuzz '^FuzzLines$$' -fuzztime $(FUZZTIME) ./internal/guestlog
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshal$$' -fuzztime $(FUZZTIME) ./sentinel/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzHandshake$$' -fuzztime $(FUZZTIME) ./sentinel/transport

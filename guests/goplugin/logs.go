@@ -1,18 +1,14 @@
 package goplugin
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/sdk/goplugin/pluginpb"
 )
-
-const maxLogLine = 64 << 10
 
 // sdkRecord converts a Log event of the SDK's logger.
 func sdkRecord(l *pluginpb.Log) guest.LogRecord {
@@ -77,88 +73,4 @@ func hclogLevel(s string) slog.Level {
 		return slog.LevelError
 	}
 	return slog.LevelInfo
-}
-
-// lineWriter splits a byte stream into lines (capped at maxLogLine).
-type lineWriter struct {
-	mu   sync.Mutex
-	buf  []byte
-	emit func(string)
-}
-
-func (w *lineWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := len(b)
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			room := maxLogLine - len(w.buf)
-			if len(b) > room {
-				w.buf = append(w.buf, b[:room]...)
-				w.flush()
-				b = b[room:]
-				continue
-			}
-			w.buf = append(w.buf, b...)
-			break
-		}
-		if len(w.buf)+i > maxLogLine {
-			w.buf = append(w.buf, b[:maxLogLine-len(w.buf)]...)
-		} else {
-			w.buf = append(w.buf, b[:i]...)
-		}
-		w.flush()
-		b = b[i+1:]
-	}
-	return n, nil
-}
-
-// Close emits a last line that had no newline.
-func (w *lineWriter) Close() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.buf) > 0 {
-		w.flush()
-	}
-}
-
-func (w *lineWriter) flush() {
-	line := strings.TrimRight(string(w.buf), "\r")
-	w.buf = w.buf[:0]
-	w.emit(line)
-}
-
-// tail keeps the last n lines.
-type tail struct {
-	mu    sync.Mutex
-	n     int
-	lines []string
-}
-
-func newTail(n int) *tail { return &tail{n: n} }
-
-func (t *tail) add(s string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(s) > 2000 {
-		s = s[:2000] + "…"
-	}
-	t.lines = append(t.lines, s)
-	if len(t.lines) > t.n {
-		t.lines = t.lines[len(t.lines)-t.n:]
-	}
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.Join(t.lines, "\n")
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

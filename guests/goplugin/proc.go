@@ -28,6 +28,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	"github.com/casparianflow/casparian/internal/sandbox"
 	sdkgp "github.com/casparianflow/casparian/sdk/goplugin"
 	"github.com/casparianflow/casparian/sdk/goplugin/pluginpb"
@@ -40,7 +41,7 @@ type proc struct {
 	key  string // artifact hash
 	name string
 	run  *procRunner
-	tail *tail
+	tail *guestlog.Tail
 	// crashLine is the first "panic: " or "fatal error: " line on stderr.
 	crashLine atomic.Pointer[string]
 
@@ -72,7 +73,7 @@ type proc struct {
 }
 
 func newProc(r *Runtime, inst *instance) *proc {
-	p := &proc{rt: r, key: inst.plugin.Hash, name: inst.name, tail: newTail(r.cfg.StderrTail), gone: make(chan struct{})}
+	p := &proc{rt: r, key: inst.plugin.Hash, name: inst.name, tail: guestlog.NewTail(r.cfg.StderrTail), gone: make(chan struct{})}
 	want, _ := hex.DecodeString(inst.plugin.Hash)
 	p.run = newRunner(p, inst.path, want, r.spawn)
 	return p
@@ -121,8 +122,8 @@ func (p *proc) start(ctx context.Context) error {
 		StartTimeout:     cfg.StartTimeout,
 		SkipHostEnv:      true,
 		Logger:           r.hclogger(p.name),
-		SyncStdout:       &lineWriter{emit: p.stdoutLine},
-		SyncStderr:       &lineWriter{emit: p.stderrLine},
+		SyncStdout:       &guestlog.Writer{Emit: p.stdoutLine},
+		SyncStderr:       &guestlog.Writer{Emit: p.stderrLine},
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: dir},
 		// Windows of a few chunks let the plugin serialize its next batch
 		// while the host sinks the last one.
@@ -178,7 +179,7 @@ func (p *proc) startError(ctx, sctx context.Context, err error) *guest.Error {
 		switch {
 		case !ok:
 			return p.withStderr(&guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
-				Message: fmt.Sprintf("plugin %q wrote to stdout before the go-plugin handshake: %q", p.name, truncate(line, 200)),
+				Message: fmt.Sprintf("plugin %q wrote to stdout before the go-plugin handshake: %q", p.name, guestlog.Truncate(line, 200)),
 				Hint:    "stdout belongs to go-plugin until serve.Main has started: remove prints from init() and main() before serve.Main, and log with out.Logger() or to stderr"})
 		case core != plugin.CoreProtocolVersion || app != sdkgp.ProtocolVersion || proto != string(plugin.ProtocolGRPC):
 			return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1,
@@ -196,7 +197,7 @@ func (p *proc) startError(ctx, sctx context.Context, err error) *guest.Error {
 			msg = fmt.Sprintf("plugin %q did not answer within %s of its handshake", p.name, cfg.StartTimeout)
 			hint = "the plugin's Info() may be stuck, or the machine overloaded; raise StartTimeout if it legitimately starts slowly"
 		} else if line != "" {
-			msg += fmt.Sprintf("; it wrote %q to stdout without a newline", truncate(line, 200))
+			msg += fmt.Sprintf("; it wrote %q to stdout without a newline", guestlog.Truncate(line, 200))
 		}
 		return p.withStderr(&guest.Error{Kind: guest.ErrTimeout, ExitCode: -1, Message: msg, Hint: hint})
 	}
@@ -404,7 +405,7 @@ func (p *proc) stderrLine(line string) {
 	if p.isSync(1, line) {
 		return
 	}
-	p.tail.add(line)
+	p.tail.Add(line)
 	if p.crashLine.Load() == nil && (strings.HasPrefix(line, "panic: ") || strings.HasPrefix(line, "fatal error: ")) {
 		l := line
 		p.crashLine.Store(&l) // the start of a Go crash dump; its tail is all goroutine stacks
@@ -490,7 +491,7 @@ func (r *Runtime) hclogger(name string) hclog.Logger {
 		return hclog.NewNullLogger()
 	}
 	return hclog.New(&hclog.LoggerOptions{Name: "go-plugin", Level: hclog.Debug, JSONFormat: true,
-		Output: &lineWriter{emit: func(line string) {
+		Output: &guestlog.Writer{Emit: func(line string) {
 			rec, ok := parseHclog(line)
 			if !ok {
 				rec = guest.LogRecord{Message: line}

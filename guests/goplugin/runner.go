@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 )
 
 // pipeEscapeWait is how long the pipes may stay open after the process
@@ -157,7 +158,7 @@ func (r *procRunner) Start(context.Context) error {
 	}()
 	go func() {
 		defer close(errDone)
-		w := &lineWriter{emit: r.p.stderrLine}
+		w := &guestlog.Writer{Emit: r.p.stderrLine}
 		_, _ = io.Copy(w, errR)
 		w.Close()
 	}()
@@ -213,7 +214,7 @@ func (r *procRunner) readStdout(f *os.File) {
 			return
 		}
 	}
-	w := &lineWriter{emit: r.p.stdoutLine}
+	w := &guestlog.Writer{Emit: r.p.stdoutLine}
 	_, _ = io.Copy(w, br)
 	w.Close()
 }

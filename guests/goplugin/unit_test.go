@@ -47,15 +47,3 @@ func TestParseHclog(t *testing.T) {
 		}
 	}
 }
-
-func TestLineWriter(t *testing.T) {
-	var lines []string
-	w := &lineWriter{emit: func(s string) { lines = append(lines, s) }}
-	w.Write([]byte("a\r\nb"))
-	w.Write([]byte("c\n"))
-	w.Write(make([]byte, maxLogLine+10))
-	w.Close()
-	if len(lines) != 4 || lines[0] != "a" || lines[1] != "bc" || len(lines[2]) != maxLogLine || len(lines[3]) != 10 {
-		t.Errorf("lines %d: %q %q", len(lines), lines[0], lines[1])
-	}
-}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	"github.com/casparianflow/casparian/internal/testenv"
 	sdkgp "github.com/casparianflow/casparian/sdk/goplugin"
 	"github.com/casparianflow/casparian/sdk/goplugin/pluginpb"
@@ -54,7 +55,7 @@ func fakeProc(t *testing.T, rt *Runtime, topics map[string]*arrow.Schema, send f
 		s.Stop()
 		<-done
 	})
-	p := &proc{rt: rt, name: "fake", tail: newTail(5), rpc: pluginpb.NewPluginClient(conn),
+	p := &proc{rt: rt, name: "fake", tail: guestlog.NewTail(5), rpc: pluginpb.NewPluginClient(conn),
 		topics: topics, declared: len(topics) > 0, gone: make(chan struct{})}
 	p.run = newRunner(p, "", nil, rt.spawn)
 	return p

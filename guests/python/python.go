@@ -6,7 +6,6 @@ package python
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	"github.com/casparianflow/casparian/internal/rlimit"
 	"github.com/casparianflow/casparian/internal/sandbox"
 	pysdk "github.com/casparianflow/casparian/sdk/python"
@@ -47,7 +47,6 @@ const (
 	DefaultExitTimeout    = 10 * time.Second
 	DefaultMaxBatchBytes  = 16 << 20
 	DefaultStderrTail     = 20
-	maxLogLine            = 64 << 10
 )
 
 // envAllowList is what the guest inherits from the host's environment.
@@ -183,7 +182,7 @@ func precompile(cfg Config, sdkDir string) {
 	cmd := exec.CommandContext(ctx, cfg.Python, "-I", "-m", "compileall", "-q", sdkDir)
 	cmd.Env = guestEnv(sdkDir, cfg.Env)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		cfg.Logger.Debug("python guest: precompiling the SDK failed", "error", err, "output", truncate(string(out), 500))
+		cfg.Logger.Debug("python guest: precompiling the SDK failed", "error", err, "output", guestlog.Truncate(string(out), 500))
 	}
 }
 
@@ -328,7 +327,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 	if i.plugin.Interpreter != "" {
 		cfg.Python = i.plugin.Interpreter // the plugin's own environment
 	}
-	p := &proc{cfg: cfg, limits: cfg.limits(), sdkDir: i.rt.sdkDir, out: out, tail: newTail(cfg.StderrTail),
+	p := &proc{cfg: cfg, limits: cfg.limits(), sdkDir: i.rt.sdkDir, out: out, tail: guestlog.NewTail(cfg.StderrTail),
 		log: cfg.Logger.With("job_id", in.JobID, "plugin", i.name, "guest", string(guest.KindPython))}
 	if !cfg.NoSandbox {
 		// The job's directory is the plugin's scratch directory: the only
@@ -384,7 +383,7 @@ type proc struct {
 	log     *slog.Logger
 	sdkDir  string
 	out     guest.Output
-	tail    *tail
+	tail    *guestlog.Tail
 	cmd     *exec.Cmd
 	pipes   []*os.File    // read ends of stdout and stderr
 	exited  chan struct{} // closed when the process has been reaped
@@ -440,17 +439,17 @@ func (p *proc) start(dir, specPath string) error {
 	p.pipes = []*os.File{outR, errR}
 	p.exited = make(chan struct{})
 	p.drained = make(chan struct{})
-	stdout := &lineWriter{emit: func(line string) {
+	stdout := &guestlog.Writer{Emit: func(line string) {
 		p.out.Log(guest.LogRecord{Level: slog.LevelInfo, Message: line, Stream: "stdout"})
 	}}
-	stderr := &lineWriter{emit: func(line string) {
-		p.tail.add(line)
+	stderr := &guestlog.Writer{Emit: func(line string) {
+		p.tail.Add(line)
 		p.out.Log(guest.LogRecord{Level: slog.LevelWarn, Message: line, Stream: "stderr"})
 	}}
 	var drain sync.WaitGroup
-	for i, w := range []*lineWriter{stdout, stderr} {
+	for i, w := range []*guestlog.Writer{stdout, stderr} {
 		drain.Add(1)
-		go func(r *os.File, w *lineWriter) {
+		go func(r *os.File, w *guestlog.Writer) {
 			defer drain.Done()
 			_, _ = io.Copy(w, r)
 			w.Close()
@@ -634,7 +633,7 @@ func (p *proc) readFrames(ctx context.Context, conn *net.UnixConn, out guest.Out
 	}
 	var hello bridge.Hello
 	if err := f.Decode(&hello); err != nil || hello.Magic != bridge.Magic {
-		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Message: fmt.Sprintf("invalid HELLO frame %q", truncate(string(f.Payload), 200))}
+		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1, Message: fmt.Sprintf("invalid HELLO frame %q", guestlog.Truncate(string(f.Payload), 200))}
 	}
 	if hello.Version != bridge.ProtocolVersion {
 		return &guest.Error{Kind: guest.ErrProtocol, ExitCode: -1,
@@ -878,90 +877,6 @@ func (r *idleReader) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return r.c.Read(b)
-}
-
-// lineWriter splits a byte stream into lines (capped at maxLogLine).
-type lineWriter struct {
-	mu   sync.Mutex
-	buf  []byte
-	emit func(string)
-}
-
-func (w *lineWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := len(b)
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			room := maxLogLine - len(w.buf)
-			if len(b) > room {
-				w.buf = append(w.buf, b[:room]...)
-				w.flush()
-				b = b[room:]
-				continue
-			}
-			w.buf = append(w.buf, b...)
-			break
-		}
-		if len(w.buf)+i > maxLogLine {
-			w.buf = append(w.buf, b[:maxLogLine-len(w.buf)]...)
-		} else {
-			w.buf = append(w.buf, b[:i]...)
-		}
-		w.flush()
-		b = b[i+1:]
-	}
-	return n, nil
-}
-
-// Close emits a last line that had no newline.
-func (w *lineWriter) Close() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.buf) > 0 {
-		w.flush()
-	}
-}
-
-func (w *lineWriter) flush() {
-	line := strings.TrimRight(string(w.buf), "\r")
-	w.buf = w.buf[:0]
-	w.emit(line)
-}
-
-// tail keeps the last n lines.
-type tail struct {
-	mu    sync.Mutex
-	n     int
-	lines []string
-}
-
-func newTail(n int) *tail { return &tail{n: n} }
-
-func (t *tail) add(s string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(s) > 2000 {
-		s = s[:2000] + "…"
-	}
-	t.lines = append(t.lines, s)
-	if len(t.lines) > t.n {
-		t.lines = t.lines[len(t.lines)-t.n:]
-	}
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.Join(t.lines, "\n")
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // Preflight checks once that the interpreter runs, is Python 3.10 or newer

@@ -13,6 +13,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	abi "github.com/casparianflow/casparian/sdk/wasm"
 )
 
@@ -107,7 +108,7 @@ func decodeBatches(data []byte, alloc memory.Allocator, label, topic string, fn 
 }
 
 // decodeLog decodes log(level, msg_ptr, msg_len): a message longer than
-// maxLine (maxLogLine for modules) is cut (only maxLine bytes are read),
+// maxLine (guestlog.DefaultMaxLine for modules) is cut (only maxLine bytes are read),
 // invalid UTF-8 is replaced.
 func decodeLog(mem guestMemory, label string, maxLine uint32, level int32, p, n uint32) (slog.Level, string, *guest.Error) {
 	cut := n > maxLine
@@ -181,7 +182,7 @@ func parseFailure(doc []byte, label, fn string, status uint32) *guest.Error {
 	var d abi.Error
 	if err := json.Unmarshal(doc, &d); err != nil || d.Message == "" {
 		return &guest.Error{Kind: guest.ErrPlugin, ExitCode: -1,
-			Message: fmt.Sprintf("plugin %s failed: %s", label, truncate(strings.ToValidUTF8(string(doc), "\uFFFD"), 2000))}
+			Message: fmt.Sprintf("plugin %s failed: %s", label, guestlog.Truncate(strings.ToValidUTF8(string(doc), "\uFFFD"), 2000))}
 	}
 	kind := guest.ErrPlugin
 	switch d.Kind {

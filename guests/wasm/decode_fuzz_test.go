@@ -17,6 +17,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	"github.com/casparianflow/casparian/internal/ipctest"
 )
 
@@ -157,7 +158,7 @@ func FuzzABIEmit(f *testing.F) {
 }
 
 // smallLine is the line cap the targets use besides the real one
-// (maxLogLine), so that short inputs, which the fuzzer mutates and
+// (guestlog.DefaultMaxLine), so that short inputs, which the fuzzer mutates and
 // minimizes quickly, reach the cut too.
 const smallLine = 48
 
@@ -175,7 +176,7 @@ func FuzzABILog(f *testing.F) {
 			return
 		}
 		mem := moduleMemory(image)
-		for _, maxLine := range []uint32{smallLine, maxLogLine} {
+		for _, maxLine := range []uint32{smallLine, guestlog.DefaultMaxLine} {
 			lvl, msg, gerr := decodeLog(mem, "fuzz", maxLine, level, p, n)
 			read := min(n, maxLine)
 			if gerr != nil {
@@ -257,53 +258,6 @@ func FuzzABIDocuments(f *testing.F) {
 		}
 		if grew := heapAllocated() - before; grew > uint64(64<<20) {
 			t.Fatalf("decoding a %d-byte document allocated %d bytes of Go heap", len(doc), grew)
-		}
-	})
-}
-
-// FuzzLines drives the splitting of a module's stdout and stderr into log
-// lines: whatever the module writes, in whatever pieces, a line is at most
-// the cap (maxLogLine; smallLine here as well) of output, 3 times that once
-// invalid UTF-8 is replaced, and the writer holds at most the cap.
-func FuzzLines(f *testing.F) {
-	f.Add([]byte("hello\nworld\r\nno newline"), []byte{3, 1, 7})
-	f.Add(bytes.Repeat([]byte("x"), 200), []byte{5, 9})
-	f.Add(append(bytes.Repeat([]byte{0xff}, 100), '\n'), []byte{1})
-	f.Add([]byte(strings.Repeat("é", 60)+"\n"+strings.Repeat("a", 47)+"\n"), []byte{2, 3})
-	f.Fuzz(func(t *testing.T, out []byte, cuts []byte) {
-		for _, max := range []int{smallLine, 0} {
-			limit := max
-			if limit == 0 {
-				limit = maxLogLine
-			}
-			var lines []string
-			w := &lineWriter{max: max, emit: func(l string) { lines = append(lines, l) }}
-			rest, i := out, 0
-			for len(rest) > 0 {
-				n := len(rest)
-				if len(cuts) > 0 {
-					n = min(n, 1+int(cuts[i%len(cuts)])*int(cuts[(i+1)%len(cuts)]))
-					i++
-				}
-				if k, err := w.Write(rest[:n]); k != n || err != nil {
-					t.Fatalf("Write = %d, %v", k, err)
-				}
-				if len(w.buf) > limit {
-					t.Fatalf("the writer holds %d bytes (cap %d)", len(w.buf), limit)
-				}
-				rest = rest[n:]
-			}
-			w.Close()
-			total := 0
-			for _, l := range lines {
-				if len(l) > 3*limit || strings.ContainsRune(l, '\n') || !utf8.ValidString(l) {
-					t.Fatalf("line of %d bytes (cap %d)", len(l), limit)
-				}
-				total += len(l)
-			}
-			if total > 3*len(out) {
-				t.Fatalf("%d bytes of lines from %d bytes of output", total, len(out))
-			}
 		}
 	})
 }

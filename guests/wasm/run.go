@@ -17,6 +17,7 @@ import (
 
 	"github.com/casparianflow/casparian/bridge"
 	"github.com/casparianflow/casparian/host/guest"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	abi "github.com/casparianflow/casparian/sdk/wasm"
 )
 
@@ -65,7 +66,7 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 			Message: fmt.Sprintf("input %s: %v", in.Path, err), Hint: "check that the file exists and is readable"}
 	}
 	r := i.rt
-	st := &runState{rt: r, label: i.name, out: out, tail: newTail(r.cfg.StderrTail)}
+	st := &runState{rt: r, label: i.name, out: out, tail: guestlog.NewTail(r.cfg.StderrTail)}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if d := r.cfg.IdleTimeout; d > 0 {
@@ -78,10 +79,10 @@ func (i *instance) Run(ctx context.Context, in guest.Input, out guest.Output) er
 			st.topics[t.Name] = true
 		}
 	}
-	st.stdout = &lineWriter{touch: st.idle.poke, emit: func(l string) {
+	st.stdout = &guestlog.Writer{Touch: st.idle.poke, Emit: func(l string) {
 		out.Log(guest.LogRecord{Level: slog.LevelInfo, Message: l, Stream: "stdout"})
 	}}
-	st.stderr = &lineWriter{touch: st.idle.poke, emit: func(l string) {
+	st.stderr = &guestlog.Writer{Touch: st.idle.poke, Emit: func(l string) {
 		st.stderrLine(l)
 		out.Log(guest.LogRecord{Level: slog.LevelWarn, Message: l, Stream: "stderr"})
 	}}
@@ -193,10 +194,10 @@ type runState struct {
 	topics map[string]bool
 	mod    api.Module
 
-	stdout, stderr *lineWriter
-	tail           *tail    // the last stderr lines
-	crash          []string // the first "panic: " or "fatal error: " line on stderr and those after it
-	sawOOM         bool     // stderr said "out of memory"
+	stdout, stderr *guestlog.Writer
+	tail           *guestlog.Tail // the last stderr lines
+	crash          []string       // the first "panic: " or "fatal error: " line on stderr and those after it
+	sawOOM         bool           // stderr said "out of memory"
 
 	idle       *idleWatch // nil without an idle timeout
 	processing bool       // inside casparian_process
@@ -258,7 +259,7 @@ func (st *runState) stop(err *guest.Error) {
 // the goroutine that raised it, then lists every other goroutine: the start
 // is what matters, the tail may be all idle runtime goroutines.
 func (st *runState) stderrLine(l string) {
-	st.tail.add(l)
+	st.tail.Add(l)
 	if strings.Contains(l, "out of memory") {
 		st.sawOOM = true
 	}
@@ -266,7 +267,7 @@ func (st *runState) stderrLine(l string) {
 	case st.crash == nil && (strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ")):
 		st.crash = []string{l}
 	case st.crash != nil && len(st.crash) < st.rt.cfg.StderrTail:
-		st.crash = append(st.crash, truncate(l, 2000))
+		st.crash = append(st.crash, guestlog.Truncate(l, 2000))
 	}
 }
 
@@ -410,13 +411,6 @@ func ctxError(ctx context.Context, during string) *guest.Error {
 	return &guest.Error{Kind: guest.ErrCancelled, ExitCode: -1, Message: "job cancelled " + during, Err: context.Cause(ctx)}
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
 // hostEmit implements casparian.emit(topic_ptr, topic_len, ipc_ptr, ipc_len) -> status.
 func hostEmit(ctx context.Context, mod api.Module, stack []uint64) {
 	st := stateOf(ctx)
@@ -458,7 +452,7 @@ func hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 		panic(errStopped)
 	}
 	st.idle.poke()
-	level, msg, gerr := decodeLog(mod.Memory(), st.label, maxLogLine, api.DecodeI32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]))
+	level, msg, gerr := decodeLog(mod.Memory(), st.label, guestlog.DefaultMaxLine, api.DecodeI32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]))
 	if gerr != nil {
 		st.stop(gerr)
 	}

@@ -106,6 +106,7 @@ import (
 
 	"github.com/casparianflow/casparian/host/guest"
 	"github.com/casparianflow/casparian/internal/filehash"
+	"github.com/casparianflow/casparian/internal/guestlog"
 	abi "github.com/casparianflow/casparian/sdk/wasm"
 )
 
@@ -123,9 +124,8 @@ const (
 	DefaultMaxWarmMemoryBytes = 256 << 20
 	DefaultWarmIdleTimeout    = 5 * time.Minute
 
-	maxMemoryPages = 65536    // 4 GiB, the wasm32 ceiling
-	maxLogLine     = 64 << 10 // one log line (longer ones are cut)
-	maxDocBytes    = 1 << 20  // one info or error JSON document
+	maxMemoryPages = 65536   // 4 GiB, the wasm32 ceiling
+	maxDocBytes    = 1 << 20 // one info or error JSON document
 	pageSize       = 64 << 10
 )
 
@@ -580,9 +580,9 @@ func (r *Runtime) compile(ctx context.Context, m *module, bin []byte, p guest.Pl
 // probe instantiates the module once, with no file system, to check its ABI
 // version and read its Info.
 func (r *Runtime) probe(ctx context.Context, m *module, label string) (abi.Info, error) {
-	st := &runState{rt: r, label: label, tail: newTail(r.cfg.StderrTail), probe: true}
-	st.stdout = &lineWriter{emit: func(l string) { r.cfg.Logger.Debug(l, "plugin", label, "stream", "stdout") }}
-	st.stderr = &lineWriter{emit: func(l string) {
+	st := &runState{rt: r, label: label, tail: guestlog.NewTail(r.cfg.StderrTail), probe: true}
+	st.stdout = &guestlog.Writer{Emit: func(l string) { r.cfg.Logger.Debug(l, "plugin", label, "stream", "stdout") }}
+	st.stderr = &guestlog.Writer{Emit: func(l string) {
 		st.stderrLine(l)
 		r.cfg.Logger.Debug(l, "plugin", label, "stream", "stderr")
 	}}
