@@ -116,8 +116,12 @@ func (c *crashLoops) concluded(plugin string, id int64, rc *protocol.JobReceipt,
 			l.next = now.Add(c.pause)
 		}
 		if l.failures == c.after {
-			return fmt.Sprintf("plugin %s is crash-looping: %d attempts in a row crashed, hung or hit a resource limit (last: [Job %d] %s); its jobs now run one at a time, %s apart, until one succeeds",
-				plugin, l.failures, id, firstLine(rc.ErrorMessage), c.pause)
+			last := firstLine(rc.ErrorMessage)
+			if !strings.HasPrefix(last, "[Job ") {
+				last = fmt.Sprintf("[Job %d] %s", id, last)
+			}
+			return fmt.Sprintf("plugin %s is crash-looping: %d attempts in a row crashed, hung or hit a resource limit (last: %s); its jobs now run one at a time, %s apart, until one succeeds",
+				plugin, l.failures, last, c.pause)
 		}
 	default:
 		// Anything else (a plugin's own error, a rejection, an abort)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -242,6 +243,21 @@ func poisonRun(t *testing.T, kind string, healthy, poison int, backoff, pause st
 	}
 	if short > 0 {
 		t.Logf("%d of %d poison jobs FAILED before their 6th attempt", short, poison)
+	}
+	// The sentinel held the poison plugin to one job at a time, and said so.
+	if poison > 0 {
+		looping := ""
+		for _, ev := range parseLog(c.sentinel) {
+			if strings.Contains(ev.msg, "is crash-looping") {
+				looping = ev.msg
+				break
+			}
+		}
+		if looping == "" {
+			t.Errorf("the sentinel never reported the poison plugin crash-looping")
+		} else {
+			t.Logf("sentinel: %s", looping)
+		}
 	}
 	c.checkHistory(expect{failed: failed, rows: constRows(100)})
 	return float64(healthy) / last.Sub(first).Seconds()
