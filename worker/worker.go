@@ -41,7 +41,7 @@ const (
 	DefaultSentinelTimeout   = 20 * time.Second
 	DefaultDrainTimeout      = 30 * time.Second
 	DefaultReconnectMin      = 100 * time.Millisecond
-	DefaultReconnectMax      = 5 * time.Second
+	DefaultReconnectMax      = time.Second
 )
 
 // Config configures a Worker. Zero values take the defaults above.
@@ -71,7 +71,9 @@ type Config struct {
 	// running then are aborted and handed back for requeue. Default 30 s.
 	DrainTimeout time.Duration
 	// ReconnectMin and ReconnectMax bound the exponential backoff between
-	// connection attempts. Defaults 100 ms and 5 s.
+	// connection attempts. Defaults 100 ms and 1 s: a restarted sentinel
+	// has its workers back within about a second (a failed attempt costs a
+	// refused connect, so a thousand workers retrying cost little).
 	ReconnectMin, ReconnectMax time.Duration
 	// Secret is the shared secret the sentinel requires (ZeroMQ PLAIN, user
 	// name = WorkerID); nil: no authentication.
