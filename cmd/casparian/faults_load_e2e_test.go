@@ -138,9 +138,9 @@ func poisonRatioBound() float64 {
 //
 // make test: go-plugin, 300 healthy and 10 poison jobs, a 200 ms retry
 // backoff and crash-loop pause (every poison attempt is due during the
-// run). make test-faults: go-plugin, 3,000 and 30 with the default 2 s
-// backoff and a 500 ms pause, 3 trials; and Python (a process per job for
-// healthy jobs too), 300 and 10.
+// run). make test-faults: the defaults (2 s backoff, 1 s pause); go-plugin,
+// 3,000 and 20, 3 trials; and Python (a process per job for healthy jobs
+// too), 300 and 10, one trial (it takes 3 minutes).
 func TestClusterPoisonPluginThroughput(t *testing.T) {
 	type variant struct {
 		kind            string
@@ -150,7 +150,7 @@ func TestClusterPoisonPluginThroughput(t *testing.T) {
 	}
 	vs := []variant{{"goplugin", 300, 10, "200ms", "200ms", 1}}
 	if longFaults() {
-		vs = []variant{{"goplugin", 3000, 30, "2s", "500ms", 3}, {"python", 300, 10, "2s", "500ms", 3}}
+		vs = []variant{{"goplugin", 3000, 20, "2s", "1s", 3}, {"python", 300, 10, "2s", "1s", 1}}
 	}
 	for _, v := range vs {
 		t.Run(v.kind, func(t *testing.T) {
