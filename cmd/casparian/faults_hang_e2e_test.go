@@ -113,13 +113,7 @@ func hangTrial(t *testing.T, kind string) time.Duration {
 		}
 		return !started.IsZero() && !concluded.IsZero()
 	}
-	until := time.Now().Add(10 * time.Second)
-	for !logged() && time.Now().Before(until) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if started.IsZero() || concluded.IsZero() {
-		t.Fatalf("no 'job started' (%v) or conclusion (%v) logged for the hung job", started, concluded)
-	}
+	waitFor(t, 10*time.Second, "the hung job's 'job started' and the sentinel's conclusion in the logs", logged)
 	over := concluded.Sub(started) - deadline
 	t.Logf("%s: hung job concluded %s after its deadline (%s from its start); plugin processes while it hung: %d",
 		kind, over.Round(time.Millisecond), concluded.Sub(started).Round(time.Millisecond), len(during))
@@ -136,7 +130,7 @@ func hangTrial(t *testing.T, kind string) time.Duration {
 		g, ps = goroutines(t, maddr), descendants(pid)
 		return g <= baseG+2 && len(ps) <= len(baseP)
 	}
-	until = time.Now().Add(10 * time.Second)
+	until := time.Now().Add(10 * time.Second)
 	for !settled() && time.Now().Before(until) {
 		time.Sleep(200 * time.Millisecond)
 	}
